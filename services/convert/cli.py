@@ -1,0 +1,17 @@
+"""liverseg convert: entry point (see stage.py for what it reads and writes)."""
+
+from __future__ import annotations
+
+import argparse
+
+from liverseg.stagecli import add_run_options, run_per_case
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_options(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from .stage import ConvertStage
+
+    return run_per_case(ConvertStage(), args)

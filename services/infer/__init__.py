@@ -1,0 +1,1 @@
+"""infer stage: segment studies with a trained model; masks on each study's original grid, Dice where labelled."""

@@ -1,0 +1,60 @@
+"""evaluate: per-case held-out scores → the run's summary (mean and minimum Dice, HD95, cases set aside).
+
+Reads  runs/<run>/infer/<case>/_manifest.json for the plan's test cases, runs/<run>/train/_manifest.json
+Writes runs/<run>/evaluate/summary.json
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from liverseg import layout
+from liverseg import manifest as mf
+from liverseg.stagekit import CaseFailed, StageContext, completed, run_once, upstream
+from liverseg.store import ObjectRef
+
+NAME = "evaluate"
+
+
+def summarize(per_case: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    scored = {c: r for c, r in per_case.items() if "dice" in r}
+    dices = [r["dice"] for r in scored.values()]
+    hd = [r["hd95_mm"] for r in scored.values()]
+    return {
+        "held_out_cases": len(per_case), "scored_cases": len(scored),
+        "mean_dice": round(float(np.mean(dices)), 5) if dices else None,
+        "min_dice": round(float(np.min(dices)), 5) if dices else None,
+        "median_hd95_mm": round(float(np.median(hd)), 3) if hd else None,
+    }
+
+
+def evaluate(ctx: StageContext) -> mf.Manifest:
+    train = completed(ctx, "train")
+    per_case: dict[str, dict[str, Any]] = {}
+    set_aside: dict[str, str] = {}
+    inputs: dict[str, ObjectRef] = {}
+    for case in ctx.plan.split["test"]:
+        try:
+            record = upstream(ctx, "infer", case)
+        except CaseFailed as exc:
+            set_aside[case] = exc.reason
+            continue
+        key = layout.manifest_key(ctx.run_id, "infer", case)
+        inputs[key] = ctx.store.stat(key)
+        per_case[case] = {k: record.details[k] for k in ("dice", "hd95_mm", "liver_ml", "seconds")
+                          if k in record.details}
+    model_key = train.details["model"]
+    summary = {
+        "run_id": ctx.run_id, "dataset": ctx.plan.dataset, "profile": ctx.plan.profile["name"],
+        "split": {k: len(v) for k, v in ctx.plan.split.items()},
+        "model": model_key, "model_sha256": train.outputs[model_key].sha256,
+        "best_epoch": train.details["best_epoch"], "epochs_run": train.details["epochs_run"],
+        "train_seconds": train.details["train_seconds"],
+        **summarize(per_case), "cases": per_case, "set_aside": set_aside,
+    }
+
+    def produce(_: str) -> tuple[list[ObjectRef], dict[str, Any]]:
+        return [ctx.store.put_json(f"{layout.stage_prefix(ctx.run_id, NAME)}/summary.json", summary)], summary
+
+    return run_once(ctx, inputs, {}, produce)

@@ -1,0 +1,106 @@
+"""infer: a trained model + held-out studies → liver masks on each study's original grid, scored when labelled.
+
+Reads  runs/<run>/train/model.pt, datasets/<dataset>/imagesTr/<case>.nii.gz (+ labelsTr) for the plan's test cases
+Writes runs/<run>/infer/<case>/mask.nii.gz                  uint8, 1 = liver, the study's own affine and shape
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from liverseg import layout
+from liverseg.config import Profile, profile_from_dict
+from liverseg.errors import InputError
+from liverseg.imaging import nifti
+from liverseg.imaging.geometry import Volume, same_grid
+from liverseg.ml import metrics
+from liverseg.ml.inference import segment
+from liverseg.ml.model import build_unet, memory_format, pick_device
+from liverseg.stagekit import CaseOutput, StageContext, StageError, completed, refs_of, upstream
+from liverseg.store import ObjectRef
+from liverseg.train.stage import from_bytes
+
+NAME = "infer"
+log = logging.getLogger(__name__)
+
+
+class LoadedModel:
+    """A model file's network (eval mode, on ``device``) and the profile it was trained with."""
+
+    def __init__(self, payload: dict[str, Any], device: torch.device):
+        if payload.get("format") != "liverseg.model/v1":
+            raise StageError("not a liverseg model file (format liverseg.model/v1 expected)")
+        self.profile: Profile = profile_from_dict(payload["profile"])
+        self.network = build_unet().to(device).to(memory_format=memory_format(device))
+        self.network.load_state_dict(payload["state_dict"])
+        self.network.eval()
+        self.device = device
+        self.payload = payload
+
+    def segment(self, volume: Volume) -> np.ndarray:
+        return segment(self.network, volume, self.profile, self.device).mask
+
+
+def score(mask: np.ndarray, label: Volume, image: Volume) -> dict[str, float]:
+    """Hard foreground Dice and HD95 (mm) against liver = label ≥ 1, on the study's grid."""
+    if not same_grid(label.affine, image.affine, label.array.shape, image.array.shape, tol_mm=1e-2):
+        raise InputError("label grid differs from the image grid")
+    truth = label.array >= 1
+    return {"dice": round(metrics.dice(mask, truth), 5),
+            "hd95_mm": round(metrics.hd95(mask, truth, image.spacing), 3),
+            "liver_ml": round(float(mask.sum()) * float(np.prod(image.spacing)) / 1000.0, 1)}
+
+
+class InferStage:
+    name = NAME
+
+    def __init__(self, device: str | None = None):
+        self.device = pick_device(device)
+        self._model: tuple[str, LoadedModel] | None = None
+
+    def model(self, ctx: StageContext, ref: ObjectRef) -> LoadedModel:
+        if self._model is None or self._model[0] != ref.key + (ref.sha256 or ref.etag):
+            self._model = (ref.key + (ref.sha256 or ref.etag), LoadedModel(from_bytes(ctx.store.get_bytes(ref.key)),
+                                                                           self.device))
+        return self._model[1]
+
+    def inputs(self, ctx: StageContext, case: str) -> dict[str, ObjectRef]:
+        upstream(ctx, "convert", case)  # a study the convert stage set aside is set aside here too
+        model_key = layout.stage_prefix(ctx.run_id, "train") + "/model.pt"
+        trained = refs_of(completed(ctx, "train"))
+        if model_key not in trained:
+            raise StageError(f"run {ctx.run_id}: the train stage recorded no {model_key}")
+        entry = ctx.plan.cases[case]
+        refs = {"model": trained[model_key]}
+        for role, key in (("image", entry.image), ("label", entry.label)):
+            if key is not None:
+                ref = ctx.store.stat(key)
+                if ref is None:
+                    raise InputError(f"{role} object {key} is missing from the store")
+                refs[role] = ref
+        return refs
+
+    def params(self, ctx: StageContext) -> dict[str, Any]:
+        return ctx.config.infer.model_dump(mode="json")
+
+    def process(self, ctx: StageContext, case: str, inputs: dict[str, ObjectRef], work: Path) -> CaseOutput:
+        model = self.model(ctx, inputs["model"])
+        image = nifti.load(ctx.store.get_file(inputs["image"].key, work / "image.nii.gz"), kind="image")
+        started = time.perf_counter()
+        mask = model.segment(image)
+        seconds = time.perf_counter() - started
+        ctx.metrics.infer_seconds.observe(seconds)
+        out = nifti.save(work / "mask.nii.gz", Volume(mask, image.affine))
+        ref = ctx.store.put_file(f"{layout.stage_prefix(ctx.run_id, NAME, case)}/mask.nii.gz", out)
+        details: dict[str, Any] = {"seconds": round(seconds, 2), "shape": list(mask.shape)}
+        if "label" in inputs:
+            label = nifti.load(ctx.store.get_file(inputs["label"].key, work / "label.nii.gz"), kind="label")
+            details.update(score(mask, label, image))
+        log.info("case segmented", extra=details)
+        return CaseOutput([ref], details)
+

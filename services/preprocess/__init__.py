@@ -1,0 +1,1 @@
+"""preprocess stage: MONAI transforms from NIfTI groups/volumes to network-ready arrays."""
