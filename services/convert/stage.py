@@ -66,7 +66,9 @@ class ConvertStage:
         return {"uids": "sha256(run, case, image content, code version)"}
 
     def process(self, ctx: StageContext, case: str, inputs: dict[str, ObjectRef], work: Path) -> CaseOutput:
-        local = {role: ctx.store.get_file(ref.key, work / "in" / Path(ref.key).name) for role, ref in inputs.items()}
+        # Image and label share a file name (imagesTr/liver_N.nii.gz, labelsTr/liver_N.nii.gz): name them by role.
+        local = {role: ctx.store.get_file(ref.key, work / "in" / role / Path(ref.key).name)
+                 for role, ref in inputs.items()}
         image = nifti.load(local["image"], kind="image")
         label = nifti.load(local["label"], kind="label") if "label" in local else None
         namespace = f"{ctx.run_id}|{case}|{inputs['image'].sha256 or inputs['image'].etag}|{mf.code_version()}"

@@ -72,7 +72,6 @@ def configure(level: str | None = None, **context: str) -> None:
     # drop the ones libraries raise on every call that say nothing about the data.
     logging.captureWarnings(True)
     for pattern in ("Setting affine, but the applied meta contains an affine",
-                    "Converting a tensor with requires_grad=True to a scalar",
                     "nvImageCodec", "Orientationd.__init__:labels", "TypedStorage is deprecated"):
         warnings.filterwarnings("ignore", message=f".*{pattern}")
     _context.set({k: v for k, v in context.items() if v is not None})

@@ -16,8 +16,10 @@ import json
 import logging
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +38,7 @@ SHA256_META = "sha256"
 TRANSIENT_S3_CODES = frozenset({"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout",
                                 "OperationAborted", "XMinioServerNotInitialized"})
 _CHUNK = 1 << 20
+TRANSFER_THREADS = 8
 
 
 class StoreError(RuntimeError):
@@ -98,12 +101,18 @@ class ObjectStore:
         # Traffic counters for the stage metrics (bytes read from / written to the store by this process).
         self.bytes_read = 0
         self.bytes_written = 0
+        self._count_lock = threading.Lock()
         self.client = Minio(settings.endpoint, access_key=settings.access_key, secret_key=settings.secret_key,
                             secure=settings.secure, region=settings.region, http_client=http_client)
 
     @classmethod
     def from_env(cls) -> ObjectStore:
         return cls(StoreSettings.from_env())
+
+    def _count(self, read: int = 0, written: int = 0) -> None:
+        with self._count_lock:
+            self.bytes_read += read
+            self.bytes_written += written
 
     # -- retries -------------------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -142,7 +151,7 @@ class ObjectStore:
         result = self._call(f"put {key}", lambda: self.client.put_object(
             self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
             metadata={SHA256_META: sha}))
-        self.bytes_written += len(data)
+        self._count(written=len(data))
         return ObjectRef(key, result.etag, len(data), sha)
 
     def put_json(self, key: str, obj: Any) -> ObjectRef:
@@ -155,14 +164,22 @@ class ObjectStore:
         result = self._call(f"put {key}", lambda: self.client.fput_object(
             self.bucket, key, str(path), content_type=content_type, metadata={SHA256_META: sha}))
         size = path.stat().st_size
-        self.bytes_written += size
+        self._count(written=size)
         return ObjectRef(key, result.etag, size, sha)
 
     def upload_dir(self, local_dir: Path, prefix: str) -> list[ObjectRef]:
-        """Upload every file under ``local_dir`` to ``prefix/<relative path>``, in sorted order."""
+        """Upload every file under ``local_dir`` to ``prefix/<relative path>``; refs come back in key order."""
         local_dir = Path(local_dir)
-        return [self.put_file(f"{prefix.rstrip('/')}/{p.relative_to(local_dir).as_posix()}", p)
-                for p in sorted(local_dir.rglob("*")) if p.is_file()]
+        files = [p for p in sorted(local_dir.rglob("*")) if p.is_file()]
+        keys = [f"{prefix.rstrip('/')}/{p.relative_to(local_dir).as_posix()}" for p in files]
+        return self._parallel(self.put_file, list(zip(keys, files, strict=True)))
+
+    def _parallel(self, fn: Callable[..., T], calls: list[tuple]) -> list[T]:
+        """Many small transfers are latency-bound: overlap them (the minio client is thread-safe)."""
+        if len(calls) <= 1:
+            return [fn(*c) for c in calls]
+        with ThreadPoolExecutor(max_workers=TRANSFER_THREADS) as pool:
+            return list(pool.map(lambda c: fn(*c), calls))
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.client.remove_object(self.bucket, key))
@@ -192,7 +209,7 @@ class ObjectStore:
                 response.close()
                 response.release_conn()
         data = self._call(f"get {key}", read)
-        self.bytes_read += len(data)
+        self._count(read=len(data))
         return data
 
     def get_json(self, key: str) -> Any:
@@ -203,7 +220,7 @@ class ObjectStore:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._call(f"get {key}", lambda: self.client.fget_object(self.bucket, key, str(path)))
-        self.bytes_read += path.stat().st_size
+        self._count(read=path.stat().st_size)
         return path
 
     @contextlib.contextmanager
@@ -227,7 +244,8 @@ class ObjectStore:
     def download_prefix(self, prefix: str, local_dir: Path) -> list[Path]:
         """Download every object under ``prefix`` to ``local_dir/<key relative to prefix>``."""
         prefix = prefix.rstrip("/") + "/"
-        paths = []
-        for ref in self.list(prefix):
-            paths.append(self.get_file(ref.key, Path(local_dir) / ref.key[len(prefix):]))
-        return paths
+        return self.get_files({ref.key: Path(local_dir) / ref.key[len(prefix):] for ref in self.list(prefix)})
+
+    def get_files(self, targets: dict[str, Path]) -> list[Path]:
+        """Download several objects (key -> local path) concurrently."""
+        return self._parallel(self.get_file, list(targets.items()))

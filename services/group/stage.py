@@ -82,7 +82,9 @@ class GroupStage:
 
     def process(self, ctx: StageContext, case: str, inputs: dict[str, ObjectRef], work: Path) -> CaseOutput:
         source = layout.stage_prefix(ctx.run_id, "convert", case)
-        local = {key: ctx.store.get_file(key, work / "in" / key[len(source) + 1:]) for key in inputs}
+        targets = {key: work / "in" / key[len(source) + 1:] for key in inputs}
+        ctx.store.get_files(targets)
+        local = targets
         ct_files = [p for k, p in local.items() if k.startswith(f"{source}/ct/")]
         seg_file = local.get(f"{source}/seg.dcm")
         grouped = group_series(ct_files, seg_file, ctx.config.group)

@@ -187,7 +187,7 @@ class Trainer:
                 loss = self.loss_fn(logits.float(), y.to(self.device))
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(loss.detach().item())
             record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": self._lr(epoch)}
             improved = False
             if val and (epoch % self.cfg.val_interval == 0 or epoch == self.cfg.epochs):

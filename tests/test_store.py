@@ -1,0 +1,99 @@
+"""The store client against a real S3 server: round trips, metadata, listing, retries."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+import time
+
+import pytest
+
+from liverseg.embedded import EmbeddedStore, find_free_s3_port
+from liverseg.store import ObjectStore, RetryPolicy, StoreError
+
+
+def test_bytes_json_and_stat_round_trip(store):
+    ref = store.put_bytes("a/b.bin", b"hello liver")
+    assert ref.sha256 == hashlib.sha256(b"hello liver").hexdigest()
+    assert store.get_bytes("a/b.bin") == b"hello liver"
+    stat = store.stat("a/b.bin")
+    assert (stat.size, stat.sha256, stat.etag) == (11, ref.sha256, ref.etag)
+    store.put_json("a/c.json", {"x": [1, 2]})
+    assert store.get_json("a/c.json") == {"x": [1, 2]}
+    assert store.stat("a/missing") is None
+    assert [r.key for r in store.list("a/")] == ["a/b.bin", "a/c.json"]
+
+
+def test_folder_upload_download_and_streaming(store, tmp_path):
+    src = tmp_path / "src"
+    (src / "deep").mkdir(parents=True)
+    (src / "one.txt").write_text("1")
+    big = bytes(range(256)) * 20_000  # 5 MB: crosses the SDK's part size thresholds for streaming reads
+    (src / "deep" / "big.bin").write_bytes(big)
+    refs = store.upload_dir(src, "pre/fix")
+    assert [r.key for r in refs] == ["pre/fix/deep/big.bin", "pre/fix/one.txt"]
+    paths = store.download_prefix("pre/fix", tmp_path / "dst")
+    assert sorted(p.relative_to(tmp_path / "dst").as_posix() for p in paths) == ["deep/big.bin", "one.txt"]
+    assert (tmp_path / "dst" / "deep" / "big.bin").read_bytes() == big
+    with store.open_stream("pre/fix/deep/big.bin") as chunks:
+        assert b"".join(chunks) == big
+    assert store.bytes_written == len(big) + 1 and store.bytes_read >= len(big) + 1
+
+
+def test_server_refuses_what_minio_refuses(settings):
+    """Auto-created buckets would hide a misconfigured bucket name: the server must refuse them."""
+    other = ObjectStore(dataclasses.replace(settings, bucket="never-created-bucket"),
+                        retry=RetryPolicy(attempts=1))
+    with pytest.raises(Exception) as caught:
+        other.put_bytes("x", b"1")
+    assert "NoSuchBucket" in str(caught.value)
+
+
+def test_wrong_secret_is_rejected(settings):
+    bad = ObjectStore(dataclasses.replace(settings, secret_key="not-the-secret"), retry=RetryPolicy(attempts=1))
+    with pytest.raises(Exception) as caught:
+        bad.put_bytes("x", b"1")
+    assert "SignatureDoesNotMatch" in str(caught.value) or "AccessDenied" in str(caught.value)
+
+
+def test_retries_ride_out_a_server_restart(tmp_path):
+    """The server goes down; a put issued during the outage succeeds once it is back (backoff, not failure)."""
+    server = EmbeddedStore(root=tmp_path / "weed", s3_port=find_free_s3_port())
+    settings = server.up()
+    try:
+        store = ObjectStore(settings, retry=RetryPolicy(attempts=12, base_s=0.3, cap_s=2.0))
+        store.put_bytes("before", b"1")
+        server.down()
+        restarted = threading.Timer(2.0, server.up)
+        restarted.start()
+        t0 = time.monotonic()
+        store.put_bytes("during", b"2")
+        assert time.monotonic() - t0 >= 1.5  # it really waited for the restart
+        restarted.join()
+        assert store.get_bytes("before") == b"1" and store.get_bytes("during") == b"2"
+    finally:
+        server.down()
+
+
+def test_gives_up_with_a_clear_error(tmp_path):
+    server = EmbeddedStore(root=tmp_path / "weed", s3_port=find_free_s3_port())
+    settings = server.up()
+    server.down()
+    store = ObjectStore(settings, retry=RetryPolicy(attempts=2, base_s=0.05, cap_s=0.1))
+    with pytest.raises(StoreError, match="store unreachable after 2 attempts"):
+        store.put_bytes("x", b"1")
+
+
+def test_embedded_store_keeps_credentials_private_and_stable(tmp_path):
+    server = EmbeddedStore(root=tmp_path / "weed", s3_port=find_free_s3_port())
+    first = server.up()
+    try:
+        assert oct(server.env_file.stat().st_mode & 0o777) == "0o600"
+        assert server.status()["running"] is True
+        assert server.up().secret_key == first.secret_key  # idempotent: a second 'up' changes nothing
+        assert first.endpoint.startswith("127.0.0.1:")
+        assert first.secret_key not in repr(first)
+    finally:
+        assert server.down() is True
+    assert server.status()["running"] is False
