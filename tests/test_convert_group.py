@@ -81,7 +81,7 @@ def test_listing_order_groups_by_file_name(tmp_path):
     grouped = group_series(files, seg_file, GroupConfig(size=65, order="listing", remainder="drop"))
     assert [(g.start, g.stop) for g in grouped.groups] == [(0, 65)]
     files[3].rename(files[3].with_name("9999.dcm"))
-    with pytest.raises(InputError, match="missing slices|back and forth"):
+    with pytest.raises(InputError, match=r"missing slices|back and forth"):
         group_series(sorted(files[0].parent.glob("*.dcm")), seg_file,
                      GroupConfig(size=65, order="listing", remainder="drop"))
 
@@ -102,7 +102,7 @@ def test_label_grid_must_match_image_grid(tmp_path):
     image, label = phantom(n_slices=64)
     shifted = Volume(label.array, label.affine @ np.diag([1, 1, 1, 1.0]) + np.array(
         [[0, 0, 0, 5.0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]))
-    with pytest.raises(InputError, match="label grid .* differs from the image grid"):
+    with pytest.raises(InputError, match=r"label grid .* differs from the image grid"):
         convert(image, shifted, tmp_path)
 
 

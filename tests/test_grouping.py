@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from liverseg.errors import InputError
@@ -14,7 +16,7 @@ def test_overlap_policy_covers_every_slice_with_full_groups(n):
     assert all(g.stop - g.start == 64 for g in groups)
     assert dropped_slices(n, groups) == 0
     assert groups[-1].stop == n
-    for prev, g in zip(groups, groups[1:], strict=False):
+    for prev, g in itertools.pairwise(groups):
         assert g.overlap == max(0, prev.stop - g.start)
 
 

@@ -1,0 +1,54 @@
+# liverseg — the two commands a new machine needs: `make run` and `make test`. Both set up what they use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch that this machine has on disk; elsewhere set TORCH_SPEC (e.g. a CUDA build) or leave it.
+TORCH_SPEC ?= torch==2.13.0
+CASES ?= 16
+PROFILE ?= default
+APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushgateway
+
+.PHONY: help venv tools run test test-fast lint bench clean
+
+help:
+	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
+	@echo "make test   - set up, then the whole test suite (starts its own S3 server and tools)"
+	@echo "make lint   - ruff"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Reference tools the tests compare against (dcm2niix, dciodvfy, plastimatch) and the Pushgateway.
+tools:
+	@missing=""; for t in dcm2niix dciodvfy plastimatch prometheus-pushgateway; do \
+	  command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $(APT_TOOLS) >/dev/null; \
+	  else echo "install as root: apt-get install $(APT_TOOLS)" >&2; exit 1; fi; fi
+
+run: venv
+	$(PY) -m liverseg store up
+	status=0; $(PY) -m liverseg run --cases $(CASES) --profile $(PROFILE) || status=$$?; \
+	  $(PY) -m liverseg store down; exit $$status
+
+test: venv tools
+	$(PY) -m ruff check services workflows tests
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+lint: venv
+	$(PY) -m ruff check services workflows tests
+
+clean:
+	-$(PY) -m liverseg store down
+	rm -rf .liverseg bench-results
