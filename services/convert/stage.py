@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from liverseg import layout
 from liverseg import manifest as mf
 from liverseg.errors import InputError

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+
 from liverseg import layout
 from liverseg.config import GroupConfig
 from liverseg.errors import InputError

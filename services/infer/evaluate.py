@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from liverseg import layout
 from liverseg import manifest as mf
 from liverseg.stagekit import CaseFailed, StageContext, completed, run_once, upstream

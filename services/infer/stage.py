@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from liverseg import layout
 from liverseg.config import Profile, profile_from_dict
 from liverseg.errors import InputError

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from liverseg import layout
 from liverseg.config import PreprocessConfig
 from liverseg.errors import InputError

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from liverseg import layout
 from liverseg import manifest as mf
 from liverseg.errors import ConflictError
