@@ -88,6 +88,16 @@ def test_pipeline_end_to_end_with_bad_cases_and_rerun(store, settings, store_env
     assert all(g["stop"] - g["start"] == 64 for g in groups)
     assert store.get_json("runs/e2e/train/metrics.json")[-1]["epoch"] == 2
 
+    # Study mode: the trained model on a DICOM series and a NIfTI from the store, no plan needed.
+    studies = subprocess.run(
+        [sys.executable, "-m", "liverseg", "infer", "--run-id", "e2e-studies", "--model", "runs/e2e/train/model.pt",
+         "--study", "dicom_0=runs/e2e/convert/liver_0/ct/", "--study", "datasets/tiny/imagesTr/liver_1.nii.gz"],
+        capture_output=True, text=True, env={**store_env, "PATH": "/usr/bin:/bin"}, cwd=tmp_path, check=False)
+    assert studies.returncode == 0, studies.stderr
+    assert sorted(json.loads(studies.stdout)["ok"]) == ["dicom_0", "liver_1"]
+    from_dicom = nib.load(store.get_file("runs/e2e-studies/infer/dicom_0/mask.nii.gz", tmp_path / "d0.nii.gz"))
+    assert from_dicom.shape == nib.load(data / "imagesTr" / "liver_0.nii.gz").shape
+
     # Re-running the same run id skips every stage (manifests) and leaves every object untouched.
     before = snapshot(store, "runs/e2e/")
     again = run_pipeline(spec, settings, tmp_path / "reports")

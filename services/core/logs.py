@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -68,12 +67,8 @@ def configure(level: str | None = None, **context: str) -> None:
     # Third-party chatter (urllib3 retries, MONAI deprecations) stays at warning level.
     for noisy in ("urllib3", "monai", "highdicom", "pydicom", "nibabel", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Python warnings would reach stderr as plain text: route them through logging (one JSON line each), and
-    # drop the ones libraries raise on every call that say nothing about the data.
+    # Python warnings would reach stderr as plain text: route them through logging (one JSON line each).
     logging.captureWarnings(True)
-    for pattern in ("Setting affine, but the applied meta contains an affine",
-                    "nvImageCodec", "Orientationd.__init__:labels", "TypedStorage is deprecated"):
-        warnings.filterwarnings("ignore", message=f".*{pattern}")
     _context.set({k: v for k, v in context.items() if v is not None})
 
 

@@ -17,7 +17,7 @@ import torch
 from liverseg import layout
 from liverseg.config import Profile, profile_from_dict
 from liverseg.errors import InputError
-from liverseg.imaging import nifti
+from liverseg.imaging import dicom_read, nifti
 from liverseg.imaging.geometry import Volume, same_grid
 from liverseg.ml import metrics
 from liverseg.ml.inference import segment
@@ -57,11 +57,28 @@ def score(mask: np.ndarray, label: Volume, image: Volume) -> dict[str, float]:
             "liver_ml": round(float(mask.sum()) * float(np.prod(image.spacing)) / 1000.0, 1)}
 
 
+def study_name(key: str) -> str:
+    """A study's id from its key: ``…/liver_7.nii.gz`` -> ``liver_7``; DICOM prefix ``…/patient7/`` -> ``patient7``."""
+    last = key.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".nii.gz", ".nii"):
+        last = last.removesuffix(suffix)
+    return layout.check_id("study", last)
+
+
+def is_nifti(key: str) -> bool:
+    return key.endswith((".nii.gz", ".nii"))
+
+
 class InferStage:
+    """Pipeline mode (``studies`` None): the plan's held-out cases with this run's trained model, scored
+    against their labels. Study mode: any NIfTI objects or DICOM series prefixes, with ``model_key``."""
+
     name = NAME
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, model_key: str | None = None,
+                 studies: dict[str, str] | None = None):
         self.device = pick_device(device)
+        self.model_key, self.studies = model_key, studies
         self._model: tuple[str, LoadedModel] | None = None
 
     def model(self, ctx: StageContext, ref: ObjectRef) -> LoadedModel:
@@ -70,14 +87,33 @@ class InferStage:
                                                                            self.device))
         return self._model[1]
 
-    def inputs(self, ctx: StageContext, case: str) -> dict[str, ObjectRef]:
-        upstream(ctx, "convert", case)  # a study the convert stage set aside is set aside here too
+    def _model_ref(self, ctx: StageContext) -> ObjectRef:
+        if self.model_key:
+            ref = ctx.store.stat(self.model_key)
+            if ref is None:
+                raise StageError(f"model {self.model_key} is not in the store")
+            return ref
         model_key = layout.stage_prefix(ctx.run_id, "train") + "/model.pt"
         trained = refs_of(completed(ctx, "train"))
         if model_key not in trained:
             raise StageError(f"run {ctx.run_id}: the train stage recorded no {model_key}")
+        return trained[model_key]
+
+    def inputs(self, ctx: StageContext, case: str) -> dict[str, ObjectRef]:
+        refs = {"model": self._model_ref(ctx)}
+        if self.studies is not None:
+            key = self.studies[case]
+            if is_nifti(key):
+                ref = ctx.store.stat(key)
+                if ref is None:
+                    raise InputError(f"study object {key} is missing from the store")
+                return {**refs, "image": ref}
+            files = ctx.store.list(key.rstrip("/") + "/")
+            if not files:
+                raise InputError(f"no objects under study prefix {key}")
+            return {**refs, **{f"dicom:{f.key}": f for f in files}}
+        upstream(ctx, "convert", case)  # a study the convert stage set aside is set aside here too
         entry = ctx.plan.cases[case]
-        refs = {"model": trained[model_key]}
         for role, key in (("image", entry.image), ("label", entry.label)):
             if key is not None:
                 ref = ctx.store.stat(key)
@@ -87,21 +123,31 @@ class InferStage:
         return refs
 
     def params(self, ctx: StageContext) -> dict[str, Any]:
-        return ctx.config.infer.model_dump(mode="json")
+        # Study mode has no plan: the model's own profile decides inference (and its hash is an input).
+        return ctx.config.infer.model_dump(mode="json") if self.studies is None else {}
+
+    @staticmethod
+    def _study_volume(ctx: StageContext, inputs: dict[str, ObjectRef], work: Path) -> Volume:
+        if "image" in inputs:
+            return nifti.load(ctx.store.get_file(inputs["image"].key, work / "image.nii.gz"), kind="image")
+        targets = {ref.key: work / "dicom" / f"{n:05d}.dcm"
+                   for n, ref in enumerate(r for k, r in inputs.items() if k.startswith("dicom:"))}
+        volume, _, _ = dicom_read.series_to_volume(ctx.store.get_files(targets))
+        return volume
 
     def process(self, ctx: StageContext, case: str, inputs: dict[str, ObjectRef], work: Path) -> CaseOutput:
         model = self.model(ctx, inputs["model"])
-        image = nifti.load(ctx.store.get_file(inputs["image"].key, work / "image.nii.gz"), kind="image")
+        image = self._study_volume(ctx, inputs, work)
         started = time.perf_counter()
         mask = model.segment(image)
         seconds = time.perf_counter() - started
         ctx.metrics.infer_seconds.observe(seconds)
         out = nifti.save(work / "mask.nii.gz", Volume(mask, image.affine))
         ref = ctx.store.put_file(f"{layout.stage_prefix(ctx.run_id, NAME, case)}/mask.nii.gz", out)
-        details: dict[str, Any] = {"seconds": round(seconds, 2), "shape": list(mask.shape)}
+        details: dict[str, Any] = {"seconds": round(seconds, 2), "shape": list(mask.shape),
+                                   "model": inputs["model"].key}
         if "label" in inputs:
             label = nifti.load(ctx.store.get_file(inputs["label"].key, work / "label.nii.gz"), kind="label")
             details.update(score(mask, label, image))
         log.info("case segmented", extra=details)
         return CaseOutput([ref], details)
-

@@ -48,8 +48,7 @@ def _probability(trainer: Trainer, model: torch.nn.Module, volume: Volume, profi
     image: MetaTensor = data["image"]
     logits = trainer.predict_logits(model, image.as_tensor())
     prob = torch.softmax(logits[0], dim=0)[1:2]
-    data["image"] = MetaTensor(prob, affine=image.affine, meta=image.meta,
-                               applied_operations=image.applied_operations)
+    data["image"] = MetaTensor(prob, meta=image.meta, applied_operations=image.applied_operations)
     restored = pipeline.inverse(data)["image"]
     return restored.as_tensor()[0].numpy().astype(np.float32)
 

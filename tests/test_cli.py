@@ -1,0 +1,52 @@
+"""The command line: every stage has --help, logs are JSON lines without secrets, errors are one clear line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from liverseg.graph import PIPELINE, topological
+
+
+def liverseg(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "liverseg", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, check=False, timeout=120)
+
+
+@pytest.mark.parametrize("command", ["run", "store", "synth", "ingest", *[s.name for s in PIPELINE]])
+def test_every_command_has_help(command):
+    done = liverseg(command, "--help")
+    assert done.returncode == 0 and "usage: liverseg" in done.stdout
+
+
+def test_graph_is_ordered_and_names_the_five_stage_images():
+    order = [s.name for s in topological()]
+    assert order.index("convert") < order.index("group") < order.index("preprocess") < order.index("train")
+    assert order.index("train") < order.index("infer") < order.index("evaluate")
+    assert {s.image for s in PIPELINE} == {"convert", "group", "preprocess", "train", "infer"}
+    assert [s.name for s in PIPELINE if s.gpu] == ["train"]
+
+
+def test_stage_without_store_settings_fails_clearly(tmp_path):
+    done = liverseg("convert", "--run-id", "r", env={"PATH": "/usr/bin:/bin", "LIVERSEG_HOME": str(tmp_path)})
+    assert done.returncode == 2
+    line = json.loads(done.stderr.strip().splitlines()[-1])
+    assert line["level"] == "error" and "store settings missing: LIVERSEG_S3_ENDPOINT" in line["error"]
+
+
+def test_logs_are_json_and_never_show_the_secret(store_env, tmp_path):
+    """A stage that fails (no plan) still logs JSON lines only, and the secret key appears nowhere."""
+    done = liverseg("group", "--run-id", "no-such-run", env={**store_env, "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records[-1]["error"].startswith("run no-such-run has no plan")
+    assert store_env["LIVERSEG_S3_SECRET_KEY"] not in done.stderr + done.stdout
+
+
+def test_run_id_must_be_safe(store_env, tmp_path):
+    done = liverseg("convert", "--run-id", "../escape", env={**store_env, "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert done.returncode == 2 and "invalid run id" in done.stderr
