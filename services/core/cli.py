@@ -18,6 +18,8 @@ from . import __version__
 from .graph import PIPELINE
 
 EXIT_USAGE = 2
+# Command groups that live in their own modules; each module has ``register(subparsers)``.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _stage_module(name: str):
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         module = _stage_module(step.name)
         module.add_arguments(p)
         p.set_defaults(func=module.main)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
