@@ -88,9 +88,21 @@ def test_pipeline_end_to_end_with_bad_cases_and_rerun(store, settings, store_env
     assert all(g["stop"] - g["start"] == 64 for g in groups)
     assert store.get_json("runs/e2e/train/metrics.json")[-1]["epoch"] == 2
 
+    # The model is registered and, being the first, promoted; the champion scores a case as infer did.
+    from liverseg.infer.promote import score_model
+    from liverseg.registry import Registry
+
+    assert summary["promotion"]["promoted"] is True and Registry(store).champion() == "e2e"
+    assert (tmp_path / "reports" / "e2e" / "report.html").read_text().count("data:image/png;base64") >= 3
+    assert (tmp_path / "reports" / "e2e" / "model.pt").stat().st_size > 1_000_000
+    case = sorted(summary["cases"])[0]
+    rescored = score_model(store, "models/e2e/model.pt", {case: {"image": plan["cases"][case]["image"],
+                                                                 "label": plan["cases"][case]["label"]}})
+    assert rescored[case]["dice"] == summary["cases"][case]["dice"]
+
     # Study mode: the trained model on a DICOM series and a NIfTI from the store, no plan needed.
     studies = subprocess.run(
-        [sys.executable, "-m", "liverseg", "infer", "--run-id", "e2e-studies", "--model", "runs/e2e/train/model.pt",
+        [sys.executable, "-m", "liverseg", "infer", "--run-id", "e2e-studies", "--model", "champion",
          "--study", "dicom_0=runs/e2e/convert/liver_0/ct/", "--study", "datasets/tiny/imagesTr/liver_1.nii.gz"],
         capture_output=True, text=True, env={**store_env, "PATH": "/usr/bin:/bin"}, cwd=tmp_path, check=False)
     assert studies.returncode == 0, studies.stderr

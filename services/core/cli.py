@@ -19,7 +19,10 @@ from .graph import PIPELINE
 
 EXIT_USAGE = 2
 # Command groups that live in their own modules; each module has ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "liverseg.models_cli",
+    "liverseg.infer.segment",
+)
 
 
 def _stage_module(name: str):

@@ -93,6 +93,12 @@ class InferConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1)
 
 
+class PromoteConfig(_Section):
+    tolerance: float = Field(0.0, ge=0, le=1, description=(
+        "promote a new model when its mean held-out Dice is at least the champion's minus this, both scored on "
+        "the new model's held-out cases"))
+
+
 class Profile(_Section):
     name: str
     group: GroupConfig = GroupConfig()
@@ -100,6 +106,7 @@ class Profile(_Section):
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
+    promote: PromoteConfig = PromoteConfig()
 
 
 def _profiles_file() -> str:

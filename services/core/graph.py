@@ -58,6 +58,8 @@ PIPELINE: tuple[Step, ...] = (
          summary="segment held-out studies; masks on their original grid, Dice"),
     Step("evaluate", image="infer", module="liverseg.infer.evaluate_cli", needs=("infer",),
          summary="held-out scores -> the run's summary"),
+    Step("promote", image="infer", module="liverseg.infer.promote_cli", needs=("evaluate",),
+         summary="register the model; it becomes champion only if not worse on the same held-out cases"),
 )
 
 STEPS: dict[str, Step] = {s.name: s for s in PIPELINE}

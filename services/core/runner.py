@@ -87,6 +87,11 @@ def run_pipeline(spec: RunSpec, settings: StoreSettings, report_dir: Path, echo=
         echo(f" {outcome['seconds']:.1f} s{note}")
     store = ObjectStore(settings)
     summary = store.get_json(f"{layout.stage_prefix(spec.run_id, 'evaluate')}/summary.json")
+    # The registered version and a local copy of its weights, for people who want the file.
+    model_file = store.get_file(summary["model"], out_dir / "model.pt")
+    store.get_file(f"{layout.stage_prefix(spec.run_id, 'evaluate')}/report.html", out_dir / "report.html")
+    summary.update({"model_version": spec.run_id, "model_file": str(model_file.resolve()),
+                    "promotion": results.get("promote")})
     set_aside = {s: r.get("quarantined") for s, r in results.items() if isinstance(r, dict) and r.get("quarantined")}
     summary.update({"stage_seconds": timings, "total_seconds": round(sum(timings.values()), 1),
                     "outputs": output_keys(spec.run_id), "set_aside_by_stage": set_aside,
@@ -100,18 +105,26 @@ def run_pipeline(spec: RunSpec, settings: StoreSettings, report_dir: Path, echo=
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    nan = float("nan")
     rows = ["", f"run {summary['run_id']}  profile {summary['profile']}  dataset {summary['dataset']}  "
-                f"split {summary['split']}", "", "  held-out case       Dice    HD95 mm   liver ml"]
+                f"split {summary['split']}", "",
+            "  held-out case       Dice   HD95 mm   seed-style*   liver ml"]
     for case, r in summary["cases"].items():
-        rows.append(f"  {case:<18} {r.get('dice', float('nan')):6.4f}  {r.get('hd95_mm', float('nan')):8.2f}  "
-                    f"{r.get('liver_ml', float('nan')):9.1f}")
-    rows.append(f"  {'mean':<18} {summary['mean_dice'] or float('nan'):6.4f}   (min {summary['min_dice']})")
+        rows.append(f"  {case:<18} {r.get('dice', nan):6.4f}  {r.get('hd95_mm', nan):8.2f}  "
+                    f"{r.get('seed_style_dice', nan):11.4f}  {r.get('liver_ml', nan):9.1f}")
+    rows.append(f"  {'mean':<18} {summary['mean_dice'] or nan:6.4f}  {summary['mean_hd95_mm'] or nan:8.2f}  "
+                f"{summary['mean_seed_style_dice'] or nan:11.4f}   (min Dice {summary['min_dice']})")
+    rows.append("  * the published method's figure: 1 - soft Dice loss with background (not a Dice of the liver)")
     for case, reason in summary.get("set_aside", {}).items():
         rows.append(f"  {case:<18} set aside: {reason}")
     rows += ["", "  stage        seconds   outputs"]
     for stage, seconds in summary["stage_seconds"].items():
         rows.append(f"  {stage:<11} {seconds:8.1f}   {summary['outputs'][stage]}")
     rows.append(f"  {'total':<11} {summary['total_seconds']:8.1f}")
-    rows.append(f"\n  model {summary['model']} (sha256 {str(summary['model_sha256'])[:12]}…, best epoch "
-                f"{summary['best_epoch']} of {summary['epochs_run']})")
+    rows.append(f"\n  model version {summary['model_version']} (best epoch {summary['best_epoch']} of "
+                f"{summary['epochs_run']}, sha256 {str(summary['model_sha256'])[:12]}…)")
+    rows.append(f"  weights {summary['model_file']}")
+    promotion = summary.get("promotion") or {}
+    if promotion:
+        rows.append(f"  champion: {'promoted' if promotion['promoted'] else 'not promoted'} ({promotion['reason']})")
     return "\n".join(rows)

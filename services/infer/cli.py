@@ -11,7 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--model", default=None, metavar="KEY",
-                        help="model file in the store (default: this run's runs/<run-id>/train/model.pt)")
+                        help="'champion', a registered version, or a model file key in the store "
+                             "(default: this run's runs/<run-id>/train/model.pt)")
     parser.add_argument("--study", action="append", default=[], metavar="KEY",
                         help="segment this study instead of the plan's held-out cases: a NIfTI object "
                              "(.nii/.nii.gz) or a prefix holding one DICOM series, optionally NAME=KEY "

@@ -15,6 +15,8 @@ from liverseg import manifest as mf
 from liverseg.stagekit import CaseFailed, StageContext, completed, run_once, upstream
 from liverseg.store import ObjectRef
 
+from .report import VIEWS, ReportEntry, html_report
+
 NAME = "evaluate"
 
 
@@ -22,11 +24,15 @@ def summarize(per_case: dict[str, dict[str, Any]]) -> dict[str, Any]:
     scored = {c: r for c, r in per_case.items() if "dice" in r}
     dices = [r["dice"] for r in scored.values()]
     hd = [r["hd95_mm"] for r in scored.values()]
+    soft = [r["seed_style_dice"] for r in scored.values() if "seed_style_dice" in r]
     return {
         "held_out_cases": len(per_case), "scored_cases": len(scored),
         "mean_dice": round(float(np.mean(dices)), 5) if dices else None,
         "min_dice": round(float(np.min(dices)), 5) if dices else None,
+        "mean_hd95_mm": round(float(np.mean(hd)), 3) if hd else None,
         "median_hd95_mm": round(float(np.median(hd)), 3) if hd else None,
+        # The seed's "Dice": 1 - soft loss with background, for comparison only.
+        "mean_seed_style_dice": round(float(np.mean(soft)), 5) if soft else None,
     }
 
 
@@ -43,7 +49,7 @@ def evaluate(ctx: StageContext) -> mf.Manifest:
             continue
         key = layout.manifest_key(ctx.run_id, "infer", case)
         inputs[key] = ctx.store.stat(key)
-        per_case[case] = {k: record.details[k] for k in ("dice", "hd95_mm", "liver_ml", "seconds")
+        per_case[case] = {k: record.details[k] for k in ("dice", "hd95_mm", "seed_style_dice", "liver_ml", "seconds")
                           if k in record.details}
     model_key = train.details["model"]
     summary = {
@@ -56,6 +62,25 @@ def evaluate(ctx: StageContext) -> mf.Manifest:
     }
 
     def produce(_: str) -> tuple[list[ObjectRef], dict[str, Any]]:
-        return [ctx.store.put_json(f"{layout.stage_prefix(ctx.run_id, NAME)}/summary.json", summary)], summary
+        prefix = layout.stage_prefix(ctx.run_id, NAME)
+        return [ctx.store.put_json(f"{prefix}/summary.json", summary),
+                ctx.store.put_bytes(f"{prefix}/report.html", run_report(ctx, summary).encode(),
+                                    content_type="text/html")], summary
 
     return run_once(ctx, inputs, {}, produce)
+
+
+def run_report(ctx: StageContext, summary: dict[str, Any]) -> str:
+    """The run's HTML page: held-out figures and the overlays the infer stage drew, embedded."""
+    entries = []
+    for case, figures in summary["cases"].items():
+        prefix = layout.stage_prefix(ctx.run_id, "infer", case)
+        overlays = {v: ctx.store.get_bytes(f"{prefix}/overlay_{v}.png") for v in VIEWS
+                    if ctx.store.stat(f"{prefix}/overlay_{v}.png")}
+        entries.append(ReportEntry(case, figures, overlays))
+    notes = [f"run {ctx.run_id}, profile {summary['profile']}, model {summary['model']}",
+             f"mean held-out Dice {summary['mean_dice']} (min {summary['min_dice']}); hard foreground Dice at each "
+             "study's original geometry. seed_style_dice is the published method's figure (1 - soft loss with "
+             "background), shown for comparison only."]
+    notes += [f"{case} set aside: {reason}" for case, reason in summary["set_aside"].items()]
+    return html_report(f"liverseg run {ctx.run_id}", entries, notes)

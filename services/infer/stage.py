@@ -20,11 +20,14 @@ from liverseg.errors import InputError
 from liverseg.imaging import dicom_read, nifti
 from liverseg.imaging.geometry import Volume, same_grid
 from liverseg.ml import metrics
-from liverseg.ml.inference import segment
+from liverseg.ml.inference import Segmentation, segment
 from liverseg.ml.model import build_unet, memory_format, pick_device
+from liverseg.registry import Registry, RegistryError
 from liverseg.stagekit import CaseOutput, StageContext, StageError, completed, refs_of, upstream
 from liverseg.store import ObjectRef
 from liverseg.train.stage import from_bytes
+
+from .report import liver_ml, overlay_pngs
 
 NAME = "infer"
 log = logging.getLogger(__name__)
@@ -43,8 +46,8 @@ class LoadedModel:
         self.device = device
         self.payload = payload
 
-    def segment(self, volume: Volume) -> np.ndarray:
-        return segment(self.network, volume, self.profile, self.device).mask
+    def segment(self, volume: Volume, label: Volume | None = None) -> Segmentation:
+        return segment(self.network, volume, self.profile, self.device, label)
 
 
 def score(mask: np.ndarray, label: Volume, image: Volume) -> dict[str, float]:
@@ -54,7 +57,7 @@ def score(mask: np.ndarray, label: Volume, image: Volume) -> dict[str, float]:
     truth = label.array >= 1
     return {"dice": round(metrics.dice(mask, truth), 5),
             "hd95_mm": round(metrics.hd95(mask, truth, image.spacing), 3),
-            "liver_ml": round(float(mask.sum()) * float(np.prod(image.spacing)) / 1000.0, 1)}
+            "liver_ml": liver_ml(mask, image)}
 
 
 def study_name(key: str) -> str:
@@ -89,9 +92,13 @@ class InferStage:
 
     def _model_ref(self, ctx: StageContext) -> ObjectRef:
         if self.model_key:
-            ref = ctx.store.stat(self.model_key)
+            try:
+                key = Registry(ctx.store).resolve(self.model_key)
+            except RegistryError as exc:
+                raise StageError(str(exc)) from None
+            ref = ctx.store.stat(key)
             if ref is None:
-                raise StageError(f"model {self.model_key} is not in the store")
+                raise StageError(f"model {key} is not in the store")
             return ref
         model_key = layout.stage_prefix(ctx.run_id, "train") + "/model.pt"
         trained = refs_of(completed(ctx, "train"))
@@ -138,16 +145,22 @@ class InferStage:
     def process(self, ctx: StageContext, case: str, inputs: dict[str, ObjectRef], work: Path) -> CaseOutput:
         model = self.model(ctx, inputs["model"])
         image = self._study_volume(ctx, inputs, work)
-        started = time.perf_counter()
-        mask = model.segment(image)
-        seconds = time.perf_counter() - started
-        ctx.metrics.infer_seconds.observe(seconds)
-        out = nifti.save(work / "mask.nii.gz", Volume(mask, image.affine))
-        ref = ctx.store.put_file(f"{layout.stage_prefix(ctx.run_id, NAME, case)}/mask.nii.gz", out)
-        details: dict[str, Any] = {"seconds": round(seconds, 2), "shape": list(mask.shape),
-                                   "model": inputs["model"].key}
+        label = None
         if "label" in inputs:
             label = nifti.load(ctx.store.get_file(inputs["label"].key, work / "label.nii.gz"), kind="label")
-            details.update(score(mask, label, image))
+        started = time.perf_counter()
+        result = model.segment(image, label)
+        seconds = time.perf_counter() - started
+        ctx.metrics.infer_seconds.observe(seconds)
+        out = nifti.save(work / "mask.nii.gz", Volume(result.mask, image.affine))
+        prefix = layout.stage_prefix(ctx.run_id, NAME, case)
+        refs = [ctx.store.put_file(f"{prefix}/mask.nii.gz", out)]
+        refs += [ctx.store.put_bytes(f"{prefix}/overlay_{view}.png", png, content_type="image/png")
+                 for view, png in overlay_pngs(image, result.mask).items()]
+        details: dict[str, Any] = {"seconds": round(seconds, 2), "shape": list(result.mask.shape),
+                                   "model": inputs["model"].key}
+        if label is not None:
+            details.update(score(result.mask, label, image))
+            details["seed_style_dice"] = round(result.seed_style_dice, 5)
         log.info("case segmented", extra=details)
-        return CaseOutput([ref], details)
+        return CaseOutput(refs, details)

@@ -20,16 +20,19 @@ from scipy import ndimage
 from ..config import Profile
 from ..imaging.geometry import Volume
 from ..imaging.grouping import plan_groups
+from .metrics import seed_style_dice
 from .training import Trainer
 from .transforms import as_meta, preprocessing
 
 
 @dataclass
 class Segmentation:
-    """``mask`` uint8 (i, j, k) on the input grid (1 = liver) and the liver ``probability`` float32 there."""
+    """``mask`` uint8 (i, j, k) on the input grid (1 = liver), the liver ``probability`` float32 there, and, when a
+    label was given, the seed's own figure (1 − soft Dice loss with background, in the network's space)."""
 
     mask: np.ndarray
     probability: np.ndarray
+    seed_style_dice: float | None = None
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -41,35 +44,52 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
-def _probability(trainer: Trainer, model: torch.nn.Module, volume: Volume, profile: Profile) -> np.ndarray:
-    """Liver probability on ``volume``'s grid for one network input (a whole volume or one group)."""
-    pipeline = preprocessing(profile.preprocess, with_label=False)
-    data = pipeline({"image": as_meta(volume)})
+def _network_pass(trainer: Trainer, model: torch.nn.Module, volume: Volume, profile: Profile,
+                  label: Volume | None) -> tuple[np.ndarray, float | None]:
+    """Liver probability on ``volume``'s grid for one network input (a whole volume or one group), and the
+    seed-style figure against ``label`` when given."""
+    pipeline = preprocessing(profile.preprocess, with_label=label is not None)
+    data = {"image": as_meta(volume)}
+    if label is not None:
+        data["label"] = as_meta(label)
+    data = pipeline(data)
     image: MetaTensor = data["image"]
     logits = trainer.predict_logits(model, image.as_tensor())
+    soft = None
+    if label is not None:
+        soft = seed_style_dice(logits, (data["label"].as_tensor() > 0.5)[None].float())
     prob = torch.softmax(logits[0], dim=0)[1:2]
     data["image"] = MetaTensor(prob, meta=image.meta, applied_operations=image.applied_operations)
     restored = pipeline.inverse(data)["image"]
-    return restored.as_tensor()[0].numpy().astype(np.float32)
+    return restored.as_tensor()[0].numpy().astype(np.float32), soft
 
 
-def segment(model: torch.nn.Module, volume: Volume, profile: Profile, device: torch.device) -> Segmentation:
+def _slab(volume: Volume, start: int, stop: int) -> Volume:
+    affine = volume.affine.copy()
+    affine[:3, 3] = (volume.affine @ np.array([0, 0, start, 1.0]))[:3]
+    return Volume(volume.array[:, :, start:stop], affine)
+
+
+def segment(model: torch.nn.Module, volume: Volume, profile: Profile, device: torch.device,
+            label: Volume | None = None) -> Segmentation:
     trainer = Trainer(profile.train, profile.infer, device)
     model.eval()
     if profile.preprocess.unit == "group":
         size = min(profile.group.size, volume.array.shape[2])
         prob = np.zeros(volume.array.shape, dtype=np.float32)
         hits = np.zeros(volume.array.shape[2], dtype=np.float32)
+        softs = []
         for g in plan_groups(volume.array.shape[2], size, "overlap"):
-            affine = volume.affine.copy()
-            affine[:3, 3] = (volume.affine @ np.array([0, 0, g.start, 1.0]))[:3]
-            part = Volume(volume.array[:, :, g.start:g.stop], affine)
-            prob[:, :, g.start:g.stop] += _probability(trainer, model, part, profile)
+            part_label = _slab(label, g.start, g.stop) if label is not None else None
+            part, soft = _network_pass(trainer, model, _slab(volume, g.start, g.stop), profile, part_label)
+            prob[:, :, g.start:g.stop] += part
             hits[g.start:g.stop] += 1
+            softs.append(soft)
         prob /= hits[None, None, :]
+        soft = float(np.mean(softs)) if label is not None else None
     else:
-        prob = _probability(trainer, model, volume, profile)
+        prob, soft = _network_pass(trainer, model, volume, profile, label)
     mask = prob > profile.infer.threshold
     if profile.infer.largest_component:
         mask = largest_component(mask)
-    return Segmentation(mask=mask.astype(np.uint8), probability=prob)
+    return Segmentation(mask=mask.astype(np.uint8), probability=prob, seed_style_dice=soft)

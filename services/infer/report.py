@@ -1,0 +1,102 @@
+"""What people look at: overlay PNGs through the liver and a small HTML report with liver volume and scores.
+
+Overlays are drawn in radiological convention on the study's own voxels, reoriented to RAS only for display:
+axial (patient's right on the image's left, anterior up), coronal (right on the left, superior up), sagittal
+(anterior on the left, superior up), with pixels stretched to their physical aspect ratio.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+from liverseg.imaging.geometry import Volume
+
+VIEWS = ("axial", "coronal", "sagittal")
+DISPLAY_WINDOW = (-160.0, 240.0)  # abdomen window (centre 40, width 400) in HU
+LIVER_RGB = np.array([230, 60, 60], dtype=np.float32)
+
+
+def _canonical(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:
+    img = nib.as_closest_canonical(nib.Nifti1Image(np.asanyarray(volume.array), volume.affine))
+    return np.asanyarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def _slice(array: np.ndarray, view: str, index: int) -> np.ndarray:
+    """A 2D display array (rows top to bottom, columns left to right) from a RAS-ordered volume."""
+    if view == "axial":      # rows: anterior -> posterior, columns: patient right -> left
+        return array[:, :, index].T[::-1, :]
+    if view == "coronal":    # rows: superior -> inferior, columns: patient right -> left
+        return array[:, index, :].T[::-1, :]
+    return array[index, :, :].T[::-1, ::-1]  # sagittal: rows superior -> inferior, columns anterior -> posterior
+
+
+def _pixel_size(view: str, zooms: tuple[float, float, float]) -> tuple[float, float]:
+    """(row height, column width) in mm for a view."""
+    x, y, z = zooms
+    return {"axial": (y, x), "coronal": (z, x), "sagittal": (z, y)}[view]
+
+
+def overlay_pngs(image: Volume, mask: np.ndarray, height: int = 320) -> dict[str, bytes]:
+    """One PNG per view through the liver's centre of mass (the volume's centre when the mask is empty)."""
+    hu, zooms = _canonical(image)
+    liver, _ = _canonical(Volume(mask.astype(np.uint8), image.affine))
+    centre = np.argwhere(liver > 0).mean(axis=0) if liver.any() else (np.array(hu.shape) - 1) / 2
+    index = {"axial": round(centre[2]), "coronal": round(centre[1]), "sagittal": round(centre[0])}
+    lo, hi = DISPLAY_WINDOW
+    pngs = {}
+    for view in VIEWS:
+        gray = np.clip((_slice(hu, view, index[view]).astype(np.float32) - lo) / (hi - lo), 0, 1) * 255
+        seg = _slice(liver, view, index[view]) > 0
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+        rgb[seg] = 0.55 * rgb[seg] + 0.45 * LIVER_RGB
+        row_mm, col_mm = _pixel_size(view, zooms)
+        rows, cols = seg.shape
+        width = max(1, round(height * (cols * col_mm) / (rows * row_mm)))
+        picture = Image.fromarray(rgb.astype(np.uint8)).resize((width, height), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        pngs[view] = buffer.getvalue()
+    return pngs
+
+
+def liver_ml(mask: np.ndarray, image: Volume) -> float:
+    return round(float(mask.sum()) * float(np.prod(image.spacing)) / 1000.0, 1)
+
+
+@dataclass
+class ReportEntry:
+    """One study in a report: its name, figures (liver ml, Dice…) and overlays (view -> PNG bytes or a path)."""
+
+    name: str
+    figures: Mapping[str, object]
+    overlays: Mapping[str, bytes | str]
+
+
+def html_report(title: str, entries: list[ReportEntry], notes: list[str] = ()) -> str:
+    """A self-contained page: PNG bytes are embedded, strings are used as relative links."""
+    def img(src: bytes | str, alt: str) -> str:
+        ref = f"data:image/png;base64,{base64.b64encode(src).decode()}" if isinstance(src, bytes) else src
+        return f'<img src="{html.escape(ref)}" alt="{html.escape(alt)}" height="240">'
+
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;text-align:right}"
+             "th:first-child,td:first-child{text-align:left}</style>", f"<h1>{html.escape(title)}</h1>"]
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    keys = sorted({k for e in entries for k in e.figures})
+    parts.append("<table><tr><th>study</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr>")
+    for e in entries:
+        cells = "".join(f"<td>{html.escape(str(e.figures.get(k, '')))}</td>" for k in keys)
+        parts.append(f"<tr><td>{html.escape(e.name)}</td>{cells}</tr>")
+    parts.append("</table>")
+    for e in entries:
+        parts.append(f"<h2>{html.escape(e.name)}</h2><p>"
+                     + " ".join(img(e.overlays[v], f"{e.name} {v}") for v in VIEWS if v in e.overlays) + "</p>")
+    return "\n".join(parts)
