@@ -22,6 +22,10 @@ EXIT_USAGE = 2
 COMMAND_MODULES: tuple[str, ...] = (
     "liverseg.models_cli",
     "liverseg.infer.segment",
+    "liverseg.workflows.render",
+    "liverseg.workflows.submit",
+    "liverseg.workflows.preflight",
+    "liverseg.workflows.status",
 )
 
 

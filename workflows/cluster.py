@@ -1,0 +1,32 @@
+"""Names of the cluster objects the workflow pods rely on.
+
+The WorkflowTemplates refer to these objects by name; ``k8s/base`` and the Helm chart create them under the same
+names (tests check both), and ``liverseg preflight`` looks for them. Plain constants: no Kubernetes client needed.
+"""
+
+from __future__ import annotations
+
+from liverseg.settings import ENV_ACCESS_KEY, ENV_SECRET_KEY
+
+SERVICE_ACCOUNT = "liverseg-workflow"
+# The store credentials. Created by the user (never committed): see docs/OPERATIONS.md. The same Secret holds the
+# Argo artifact repository's credentials and, in the dev overlay, the MinIO root user.
+STORE_SECRET = "liverseg-store"
+# Environment variable -> key in STORE_SECRET. The key names follow Argo's MinIO examples (accesskey/secretkey).
+STORE_SECRET_KEYS: dict[str, str] = {ENV_ACCESS_KEY: "accesskey", ENV_SECRET_KEY: "secretkey"}
+# Non-secret store settings and the Pushgateway address, as LIVERSEG_* variables (env-from on every pod).
+SETTINGS_CONFIGMAP = "liverseg-settings"
+# Argo's artifact repository (pod logs are archived there, so podGC can delete pods that succeeded).
+ARTIFACT_REPOSITORIES_CONFIGMAP = "artifact-repositories"
+ARTIFACT_REPOSITORY_KEY = "liverseg"
+TRAINING_PRIORITY_CLASS = "liverseg-training"
+PUSHGATEWAY = "liverseg-pushgateway"
+# Labels every workflow pod carries (spec.podMetadata); the NetworkPolicies select pods by them.
+WORKFLOW_POD_LABELS: dict[str, str] = {"app.kubernetes.io/part-of": "liverseg",
+                                       "app.kubernetes.io/component": "workflow"}
+# The uid/gid the stage images run as (their Dockerfiles create this user).
+RUN_AS_USER = 10001
+GPU_RESOURCE = "nvidia.com/gpu"
+# The Argo CRDs a liverseg namespace uses: the templates, what they create, and what the executor reports into.
+ARGO_CRDS = ("workflows.argoproj.io", "workflowtemplates.argoproj.io", "cronworkflows.argoproj.io",
+             "workflowtaskresults.argoproj.io")
