@@ -133,3 +133,13 @@ def test_inference_returns_a_mask_on_the_original_grid(profile_name):
     assert result.mask.shape == image.array.shape and result.mask.dtype == np.uint8
     assert result.probability.shape == image.array.shape
     assert result.probability.min() >= 0.0 and result.probability.max() <= 1.0
+
+
+def test_time_budget_stops_after_a_validated_epoch():
+    """A budget that runs out before the first scheduled validation still validates and keeps a model."""
+    profile = load_profile("default", environ={}, overrides=[
+        "train.epochs=10", "train.patch=[32,32,32]", "train.val_interval=5", "train.time_budget_s=0.001",
+        "train.samples_per_volume=1"])
+    state = Trainer(profile.train, profile.infer, torch.device("cpu")).fit(tiny_samples(), tiny_samples(1))
+    assert state.epoch == 1 and "val_dice" in state.history[-1]
+    assert state.best_epoch == 1 and state.best_model is not None

@@ -120,7 +120,8 @@ class TrainStage:
         metrics_key = f"{self.prefix}/metrics.json"
 
         def on_epoch(state: TrainState, improved: bool) -> None:
-            last = state.epoch == cfg.train.epochs
+            last = state.epoch == cfg.train.epochs or (
+                cfg.train.time_budget_s is not None and state.elapsed_s >= cfg.train.time_budget_s)
             self.ctx.metrics.train_epoch.set(state.epoch)
             self.ctx.metrics.train_loss.set(state.history[-1]["loss"])
             if "val_dice" in state.history[-1]:

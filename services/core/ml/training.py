@@ -189,8 +189,10 @@ class Trainer:
                 optimizer.step()
                 losses.append(loss.detach().item())
             record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": self._lr(epoch)}
+            out_of_time = bool(self.cfg.time_budget_s) and time.monotonic() - started >= self.cfg.time_budget_s
+            last = epoch == self.cfg.epochs or out_of_time
             improved = False
-            if val and (epoch % self.cfg.val_interval == 0 or epoch == self.cfg.epochs):
+            if val and (epoch % self.cfg.val_interval == 0 or last):
                 record.update(self.validate(model, val))
                 metric = record["val_dice"] if self.cfg.selection == "dice" else record["val_seed_soft"]
                 if metric > state.best_metric:
@@ -213,7 +215,7 @@ class Trainer:
                                           "best_epoch": state.best_epoch})
             if on_epoch:
                 on_epoch(state, improved)
-            if self.cfg.time_budget_s and state.elapsed_s >= self.cfg.time_budget_s:
+            if out_of_time:
                 log.info("time budget reached", extra={"epoch": epoch, "budget_s": self.cfg.time_budget_s})
                 break
         return state
