@@ -9,12 +9,13 @@ CASES ?= 16
 PROFILE ?= default
 APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushgateway
 
-.PHONY: help venv tools run test test-fast lint bench clean
+.PHONY: help venv tools run test test-fast lint bench bench-quality clean
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
 	@echo "make test   - set up, then the whole test suite (starts its own S3 server and tools)"
 	@echo "make lint   - ruff"
+	@echo "make bench-quality - seed vs default held-out Dice under the same CPU budget -> bench-results/quality.json"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +46,11 @@ test: venv tools
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
+
+# Both profiles on 36 fixed phantoms, the same training budget each (BUDGET_S seconds; ~40 min in all on 2 cores).
+BUDGET_S ?= 900
+bench-quality: venv
+	$(PY) tests/bench/quality.py --budget-s $(BUDGET_S)
 
 lint: venv
 	$(PY) -m ruff check services workflows tests
