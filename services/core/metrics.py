@@ -11,7 +11,7 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
 
-from .settings import ENV_PUSHGATEWAY, ENV_WORKFLOW
+from .settings import ENV_PUSHGATEWAY, ENV_WORKER, ENV_WORKFLOW
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class StageMetrics:
         key = {"workflow": os.environ.get(ENV_WORKFLOW) or self.run_id, "stage": self.stage}
         if self.case:
             key["case"] = self.case
+        if os.environ.get(ENV_WORKER):
+            key["worker"] = os.environ[ENV_WORKER]  # worker processes of one stage push side by side
         return key
 
     def push(self) -> bool:

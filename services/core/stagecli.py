@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from . import logs
 from .config import ConfigError
 from .errors import ConflictError
 from .metrics import StageMetrics
-from .settings import SettingsError
+from .settings import ENV_WORKER, SettingsError
 from .stagekit import CaseStage, StageContext, StageError, load_plan, run_cases
 from .store import ObjectStore, StoreError
 
@@ -34,6 +36,8 @@ def add_run_options(parser: argparse.ArgumentParser, per_case: bool = True) -> N
     if per_case:
         parser.add_argument("--case", action="append", default=[], metavar="CASE",
                             help="only this case (repeatable; default: every case the stage covers)")
+        parser.add_argument("--workers", type=int, default=1, metavar="N",
+                            help="process the cases in N worker processes (default 1)")
 
 
 def execute(stage: str, args: argparse.Namespace, body: Callable[[StageContext], dict[str, Any]],
@@ -69,11 +73,42 @@ def execute(stage: str, args: argparse.Namespace, body: Callable[[StageContext],
 
 
 def run_per_case(stage: CaseStage, args: argparse.Namespace, default_cases: str = "cases") -> int:
-    """Entry point body of a per-case stage: the given ``--case``s, or the plan's cases (or its test cases)."""
+    """Entry point body of a per-case stage: the given ``--case``s, or the plan's cases (or its test cases).
+
+    With ``--workers N`` the cases are dealt round-robin to N child processes of this same command (each an
+    ordinary stage process with its own ``--case`` list), and their results merged.
+    """
     def body(ctx: StageContext) -> dict[str, Any]:
         chosen = args.case or (list(ctx.plan.cases) if default_cases == "cases" else ctx.plan.split["test"])
         unknown = [c for c in chosen if c not in ctx.plan.cases]
         if unknown:
             raise StageError(f"cases not in run {ctx.run_id}'s plan: {', '.join(unknown)}")
+        workers = min(getattr(args, "workers", 1), len(chosen))
+        if workers > 1:
+            return _in_workers(stage.name, args.run_id, chosen, workers)
         return run_cases(stage, ctx, chosen).as_dict()
     return execute(stage.name, args, body)
+
+
+def _in_workers(stage: str, run_id: str, cases: list[str], workers: int) -> dict[str, Any]:
+    chunks = [cases[i::workers] for i in range(workers)]
+    children = [subprocess.Popen([sys.executable, "-m", "liverseg", stage, "--run-id", run_id,
+                                  *(a for c in chunk for a in ("--case", c))],
+                                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                 env={**os.environ, ENV_WORKER: str(n)})
+                for n, chunk in enumerate(chunks)]
+    merged: dict[str, Any] = {"ok": [], "skipped": [], "quarantined": {}}
+    failed = []
+    for child, chunk in zip(children, chunks, strict=True):
+        out, _ = child.communicate()
+        lines = out.strip().splitlines()
+        if child.returncode != 0 or not lines:
+            failed.append(f"worker for {chunk[0]}… exited with {child.returncode}")
+            continue
+        result = json.loads(lines[-1])
+        merged["ok"] += result["ok"]
+        merged["skipped"] += result["skipped"]
+        merged["quarantined"].update(result["quarantined"])
+    if failed:
+        raise StageError("; ".join(failed))
+    return merged

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import random
 import ssl
 import threading
@@ -39,6 +40,7 @@ TRANSIENT_S3_CODES = frozenset({"InternalError", "SlowDown", "ServiceUnavailable
                                 "OperationAborted", "XMinioServerNotInitialized"})
 _CHUNK = 1 << 20
 TRANSFER_THREADS = 8
+ENV_RETRY_ATTEMPTS = "LIVERSEG_S3_RETRY_ATTEMPTS"
 
 
 class StoreError(RuntimeError):
@@ -60,9 +62,15 @@ class ObjectRef:
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """Exponential backoff with full jitter. The default rides out ~30 s of outage (a MinIO pod restarting)."""
+
     attempts: int = 8
     base_s: float = 0.5
     cap_s: float = 8.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        return cls(attempts=int(os.environ.get(ENV_RETRY_ATTEMPTS, cls.attempts)))
 
     def delays(self) -> Iterator[float]:
         for attempt in range(self.attempts - 1):
@@ -90,7 +98,7 @@ class ObjectStore:
     def __init__(self, settings: StoreSettings, retry: RetryPolicy | None = None):
         self.settings = settings
         self.bucket = settings.bucket
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy.from_env()
         http_client = None
         if settings.secure and settings.ca_bundle:
             http_client = urllib3.PoolManager(
