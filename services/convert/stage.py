@@ -9,43 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from liverseg import layout
 from liverseg import manifest as mf
 from liverseg.errors import InputError
 from liverseg.imaging import dicom_write, nifti, seg
-from liverseg.imaging.geometry import Volume, same_grid
+from liverseg.imaging.geometry import Volume
+from liverseg.imaging.label import LABEL_VALUES, check_label  # noqa: F401  (check_label: this stage's API)
 from liverseg.stagekit import CaseOutput, StageContext
 from liverseg.store import ObjectRef
 
 NAME = "convert"
-LABEL_VALUES = {0, 1, 2}
-
-
-def check_label(label: Volume, image: Volume) -> np.ndarray:
-    """The label as uint8 on the image's grid, or an ``InputError`` saying why it cannot be."""
-    if not same_grid(label.affine, image.affine, label.array.shape, image.array.shape, tol_mm=1e-2):
-        raise InputError(f"label grid {label.array.shape} at {np.round(label.affine[:3, 3], 2).tolist()} differs "
-                         f"from the image grid {image.array.shape} at {np.round(image.affine[:3, 3], 2).tolist()}")
-    values = label.array
-    if values.dtype.kind == "f" and np.any(np.mod(values, 1) != 0):
-        raise InputError("label has non-integer values")
-    present = {int(v) for v in np.unique(values)}
-    if not present <= LABEL_VALUES:
-        raise InputError(f"label values {sorted(present - LABEL_VALUES)} are outside {{0, 1, 2}}")
-    if present == {0}:
-        raise InputError("label is empty: no liver voxels")
-    return values.astype(np.uint8)
 
 
 def nifti_to_dicom(image: Volume, label: Volume | None, patient_id: str, uid_namespace: str, out: Path) -> None:
-    """Write ``out/ct/NNNN.dcm`` and, with a label, ``out/seg.dcm``."""
-    series = dicom_write.ct_series(image, dicom_write.SeriesInfo(patient_id=patient_id, uid_namespace=uid_namespace))
-    if label is not None:
-        values = check_label(label, image)
-        seg.label_to_seg(values, series, uid_namespace).save_as(out / "seg.dcm", enforce_file_format=True)
-    dicom_write.write_series(series, out / "ct")
+    """Write ``out/ct/NNNN.dcm`` and, with a label, ``out/seg.dcm`` (the label is checked before anything is
+    written)."""
+    values = check_label(label, image) if label is not None else None
+    series = dicom_write.encode_series(
+        image, dicom_write.SeriesInfo(patient_id=patient_id, uid_namespace=uid_namespace))
+    if values is not None:
+        seg_ds = seg.label_to_seg(values, series.datasets(with_pixels=False), uid_namespace)
+        out.mkdir(parents=True, exist_ok=True)
+        seg_ds.save_as(out / "seg.dcm", enforce_file_format=True)
+    series.write(out / "ct")
 
 
 class ConvertStage:

@@ -19,7 +19,7 @@ from liverseg.config import GroupConfig
 from liverseg.errors import InputError
 from liverseg.imaging import dicom_read, nifti, seg
 from liverseg.imaging.geometry import Volume
-from liverseg.imaging.grouping import SliceGroup, dropped_slices, plan_groups
+from liverseg.imaging.grouping import SliceGroup, dropped_slices, plan_groups, slab
 from liverseg.stagekit import CaseOutput, StageContext, refs_of, upstream
 from liverseg.store import ObjectRef
 
@@ -51,16 +51,14 @@ def group_series(files: list[Path], seg_file: Path | None, cfg: GroupConfig) -> 
     label = None
     if seg_file is not None:
         seg_ds = pydicom.dcmread(seg_file)
-        label = seg.seg_to_label(seg_ds, [str(h.ds.SOPInstanceUID) for h in ordered])
+        label = seg.seg_to_label(seg_ds, [h.sop_instance_uid for h in ordered])
     groups = plan_groups(volume.array.shape[2], cfg.size, cfg.remainder)
     return GroupedSeries(volume, label, groups, report)
 
 
 def group_volume(volume: Volume, group: SliceGroup) -> Volume:
     """The group's slab, with the affine of its own first slice."""
-    affine = volume.affine.copy()
-    affine[:3, 3] = (volume.affine @ np.array([0.0, 0.0, group.start, 1.0]))[:3]
-    return Volume(np.ascontiguousarray(volume.array[:, :, group.start:group.stop]), affine)
+    return slab(volume, group.start, group.stop)
 
 
 def write_groups(grouped: GroupedSeries, out: Path) -> None:

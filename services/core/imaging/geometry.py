@@ -88,3 +88,31 @@ def same_grid(a: np.ndarray, b: np.ndarray, shape_a, shape_b, tol_mm: float = 1e
     corners = np.array([[i, j, k, 1] for i in (0, shape_a[0] - 1) for j in (0, shape_a[1] - 1)
                         for k in (0, shape_a[2] - 1)], dtype=np.float64).T
     return bool(np.max(np.abs(a @ corners - b @ corners)) <= tol_mm)
+
+
+def reindex(source: Volume, target_affine: np.ndarray, target_shape, tol_mm: float = 1e-3) -> np.ndarray | None:
+    """``source``'s array laid out on a target grid that holds the same voxel centres in another axis order or
+    direction (a mask stored LAS beside an RAS image, a transposed array): flips and axis permutations only, no
+    interpolation. None when the grids differ in any other way."""
+    target_affine = np.asarray(target_affine, dtype=np.float64)
+    m = np.linalg.inv(target_affine) @ source.affine
+    spacing = np.linalg.norm(target_affine[:3, :3], axis=0)
+    tol = tol_mm / float(spacing.min())
+    rounded = np.round(m)
+    if not np.allclose(m[:3], rounded[:3], atol=tol):
+        return None
+    perm = rounded[:3, :3].astype(int)
+    if not (np.all(np.abs(perm).sum(axis=0) == 1) and np.all(np.abs(perm).sum(axis=1) == 1)):
+        return None
+    src_axis_for = [int(np.flatnonzero(perm[r])[0]) for r in range(3)]
+    arr = np.transpose(source.array, src_axis_for)
+    if arr.shape != tuple(target_shape):
+        return None
+    for r in range(3):
+        sign, offset = perm[r, src_axis_for[r]], int(rounded[r, 3])
+        # Target index r = sign · source index + offset must run over exactly 0..n-1.
+        if (sign > 0 and offset != 0) or (sign < 0 and offset != arr.shape[r] - 1):
+            return None
+        if sign < 0:
+            arr = np.flip(arr, axis=r)
+    return arr

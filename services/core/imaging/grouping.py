@@ -52,3 +52,15 @@ def dropped_slices(n_slices: int, groups: list[SliceGroup]) -> int:
     for g in groups:
         covered.update(range(g.start, g.stop))
     return n_slices - len(covered)
+
+
+def slab(volume, start: int, stop: int):
+    """Slices ``start``..``stop`` of a volume as a volume of its own: the affine of its own first slice."""
+    import numpy as np
+
+    from .geometry import Volume
+
+    affine = volume.affine.copy()
+    affine[:3, 3] = (volume.affine @ np.array([0.0, 0.0, float(start), 1.0]))[:3]
+    # A copy in the array's own memory order (Fortran for volumes read from DICOM/NIfTI: no reshuffle).
+    return Volume(volume.array[:, :, start:stop].copy(order="K"), affine)

@@ -1,0 +1,110 @@
+"""DICOM test helpers: real-data paths, re-encoded copies of real slices, dciodvfy, NRRD, the CLI."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from conftest import shared_data_or_skip
+
+from liverseg.imaging.geometry import LPS_FROM_RAS, Volume
+
+TCIA = "tcia_pancreas_ct_cb001_dicom"
+DCMQI = "dcmqi_ct3slice_liver"
+# dciodvfy warnings our objects may carry, each justified in docs/DICOM.md ("dciodvfy warnings").
+ALLOWED_WARNINGS = (
+    "Missing attribute or value that would be needed to build DICOMDIR - Study Date",
+    "Missing attribute or value that would be needed to build DICOMDIR - Study Time",
+)
+
+
+def tcia_files() -> list[Path]:
+    return sorted((shared_data_or_skip(TCIA) / "dicom").glob("*.dcm"))
+
+
+def dcmqi_dir() -> Path:
+    return shared_data_or_skip(DCMQI)
+
+
+def rewrite(sources: Iterable[Path], out_dir: Path, edit: Callable[[pydicom.Dataset, int], None] | None = None,
+            names: Callable[[int], str] = lambda i: f"{i:04d}.dcm") -> list[Path]:
+    """Copies of ``sources`` through pydicom, each passed to ``edit(ds, index)`` first."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, src in enumerate(sources):
+        ds = pydicom.dcmread(src)
+        if edit is not None:
+            edit(ds, i)
+        path = out_dir / names(i)
+        ds.save_as(path)
+        paths.append(path)
+    return paths
+
+
+def dcmtk(tool: str, *args: str) -> None:
+    """Run a dcmtk converter (installed by ``make tools``)."""
+    if shutil.which(tool) is None:
+        raise AssertionError(f"{tool} (dcmtk) is missing: run 'make tools'")
+    subprocess.run([tool, *args], check=True, capture_output=True)
+
+
+def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
+    """(errors, warnings) that dciodvfy reports for one file (it prints them on stderr, exit status 0 either way)."""
+    if shutil.which("dciodvfy") is None:
+        raise AssertionError("dciodvfy (dicom3tools) is missing: run 'make tools'")
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False, timeout=60)
+    lines = (done.stderr + done.stdout).splitlines()
+    errors = [line for line in lines if line.startswith("Error")]
+    warnings = [re.sub(r"^Warning - ", "", line) for line in lines if line.startswith("Warning")]
+    return errors, warnings
+
+
+def assert_valid_dicom(paths: Iterable[Path]) -> None:
+    """Zero dciodvfy errors, and only the documented warnings, on every file."""
+    for path in paths:
+        errors, warnings = dciodvfy(path)
+        assert errors == [], f"{path}: {errors}"
+        unexpected = [w for w in warnings if w not in ALLOWED_WARNINGS]
+        assert unexpected == [], f"{path}: undocumented dciodvfy warnings {unexpected}"
+
+
+def read_nrrd(path: Path) -> Volume:
+    """A 3D NRRD (raw or gzip, little endian, LPS space) as a Volume in RAS+ (enough for the dcmqi label)."""
+    raw = Path(path).read_bytes()
+    head, _, data = raw.partition(b"\n\n")
+    fields = dict(line.split(": ", 1) for line in head.decode().splitlines()[1:] if ": " in line)
+    assert fields["space"] == "left-posterior-superior" and fields.get("endian", "little") == "little"
+    sizes = [int(v) for v in fields["sizes"].split()]
+    dtype = {"short": np.int16, "unsigned char": np.uint8, "uchar": np.uint8, "int": np.int32}[fields["type"]]
+    if fields["encoding"] == "gzip":
+        data = gzip.decompress(data)
+    array = np.frombuffer(data, dtype=dtype).reshape(sizes, order="F")
+    directions = re.findall(r"\(([^)]*)\)", fields["space directions"])
+    lps = np.eye(4)
+    lps[:3, :3] = np.array([[float(v) for v in d.split(",")] for d in directions]).T
+    lps[:3, 3] = [float(v) for v in fields["space origin"].strip("()").split(",")]
+    return Volume(array, LPS_FROM_RAS @ lps)
+
+
+def liverseg(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "liverseg", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, check=False, timeout=300)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> str:
+    """The command failed with exit 1 and exactly one stderr line containing every needle; no traceback."""
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
