@@ -26,7 +26,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "liverseg.workflows.submit",
     "liverseg.workflows.preflight",
     "liverseg.workflows.status",
+    "liverseg.dicom_cli",
 )
+# Command groups that need neither the stage graph nor the store: dispatched before the full parser is built, so
+# their start-up is Python + numpy only (a module here has ``run(argv)`` besides ``register``).
+FAST_COMMANDS: dict[str, str] = {"dicom": "liverseg.dicom_cli"}
 
 
 def _stage_module(name: str):
@@ -210,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in FAST_COMMANDS:
+        return int(importlib.import_module(FAST_COMMANDS[argv[0]]).run(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
