@@ -8,13 +8,17 @@ TORCH_SPEC ?= torch==2.13.0
 CASES ?= 16
 PROFILE ?= default
 APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushgateway
+# helm for the chart tests: a pinned static build, fetched once into the ignored tool cache (charts/fetch_helm.py).
+HELM := .liverseg/tools/helm
 
-.PHONY: help venv tools run test test-fast lint bench bench-quality clean
+.PHONY: help venv tools helm render validate run test test-fast lint bench bench-quality clean
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
 	@echo "make test   - set up, then the whole test suite (starts its own S3 server and tools)"
 	@echo "make lint   - ruff"
+	@echo "make render - Argo WorkflowTemplates/CronWorkflow: the chart's copy, and build/workflows/<overlay>"
+	@echo "make validate - workflows, kustomize overlays and the Helm chart against their schemas"
 	@echo "make bench-quality - seed vs default held-out Dice under the same CPU budget -> bench-results/quality.json"
 
 $(VENV)/.installed: pyproject.toml
@@ -28,7 +32,7 @@ venv: $(VENV)/.installed
 
 # Reference tools the tests compare against (dcm2niix, dciodvfy, plastimatch) and the Pushgateway.
 tools:
-	@missing=""; for t in dcm2niix dciodvfy plastimatch prometheus-pushgateway; do \
+	@missing=""; for t in dcm2niix dciodvfy plastimatch prometheus-pushgateway promtool; do \
 	  command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
@@ -40,7 +44,7 @@ run: venv
 	status=0; $(PY) -m liverseg run --cases $(CASES) --profile $(PROFILE) || status=$$?; \
 	  $(PY) -m liverseg store down; exit $$status
 
-test: venv tools
+test: venv tools helm
 	$(PY) -m ruff check services workflows tests
 	$(PY) -m pytest -q
 
@@ -51,6 +55,21 @@ test-fast: venv
 BUDGET_S ?= 900
 bench-quality: venv
 	$(PY) tests/bench/quality.py --budget-s $(BUDGET_S)
+
+$(HELM): charts/fetch_helm.py | venv
+	$(PY) charts/fetch_helm.py $(HELM)
+
+helm: $(HELM)
+
+# The chart ships the default rendering (commit it; a test fails while it is stale); each kustomize overlay's
+# rendering goes to build/workflows/<overlay> for `kubectl apply -f`.
+render: venv
+	$(PY) -m liverseg workflows render --out charts/liverseg/files/rendered
+	for o in dev hospital; do \
+	  $(PY) -m liverseg workflows render --values k8s/overlays/$$o/workflows.yaml --out build/workflows/$$o; done
+
+validate: venv tools helm
+	$(PY) -m pytest -q tests/test_workflows.py tests/test_k8s_manifests.py tests/test_chart.py
 
 lint: venv
 	$(PY) -m ruff check services workflows tests

@@ -103,8 +103,8 @@ def gpu_scheduling(values: WorkflowValues) -> dict[str, Any]:
         "resources": Resources(cpu_request=TRAIN_CPU, memory_request=TRAIN_MEMORY, memory_limit=TRAIN_MEMORY,
                                gpus=gpus, gpu_flag=GPU_RESOURCE),
         "pod_spec_patch": json.dumps(patch, sort_keys=True),
-        "node_selector": dict(values.gpu.node_selector),
-        "tolerations": [ModelToleration(**t.model_dump(exclude_none=True)) for t in values.gpu.tolerations],
+        "node_selector": dict(values.gpu.node_selector) or None,
+        "tolerations": [ModelToleration(**t.model_dump(exclude_none=True)) for t in values.gpu.tolerations] or None,
         "priority_class_name": TRAINING_PRIORITY_CLASS,
         "volumes": [EmptyDirVolume(name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE)],
     }

@@ -53,10 +53,14 @@ class Toleration(_Document):
 
 
 class GpuScheduling(_Document):
-    """Where GPU steps may run. The defaults match nodes labelled by NVIDIA's GPU feature discovery and tainted
-    so that only pods asking for GPUs land there."""
+    """Where GPU steps may run. Requesting ``nvidia.com/gpu`` already limits them to nodes that have GPUs; the
+    node selector picks a pool among those (e.g. ``nvidia.com/gpu.product``), and the tolerations let them onto
+    GPU nodes tainted against other pods (the default tolerates the usual ``nvidia.com/gpu`` taint).
 
-    node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    The default selector is empty on purpose: Helm merges maps, so a site's selector would otherwise keep
+    whatever default labels it did not null out."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = (Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule"),)
 
 
