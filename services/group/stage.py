@@ -50,8 +50,11 @@ def group_series(files: list[Path], seg_file: Path | None, cfg: GroupConfig) -> 
     volume = dicom_read.stack_to_volume(ordered)
     label = None
     if seg_file is not None:
-        seg_ds = pydicom.dcmread(seg_file)
-        label = seg.seg_to_label(seg_ds, [h.sop_instance_uid for h in ordered])
+        try:
+            seg_ds = pydicom.dcmread(seg_file)
+        except Exception as exc:  # truncated or not DICOM: many exception types
+            raise InputError(f"unreadable DICOM SEG: {type(exc).__name__}: {exc}", file=seg_file.name) from None
+        label = seg.seg_to_label(seg_ds, [h.sop_instance_uid for h in ordered], [h.position for h in ordered])
     groups = plan_groups(volume.array.shape[2], cfg.size, cfg.remainder)
     return GroupedSeries(volume, label, groups, report)
 

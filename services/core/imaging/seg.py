@@ -77,8 +77,40 @@ def label_to_seg(label: np.ndarray, source: Sequence[Dataset], uid_namespace: st
     )
 
 
-def seg_to_label(seg_ds: Dataset, source_uids: Sequence[str]) -> np.ndarray:
-    """The label map (i, j, k) of a SEG on the source slices ``source_uids`` (k order), MSD values restored."""
+def _sct_value(code) -> str:
+    """A code's SNOMED CT value; older objects (dcmqi's, many PACS exports) use the retired SNOMED RT ("SRT")
+    designator, e.g. T-62000 for Liver = SCT 10200004: translated with pydicom's SRT→SCT table."""
+    if code.scheme_designator == "SRT":
+        from pydicom.sr._snomed_dict import mapping
+
+        return mapping["SRT"].get(code.value, code.value)
+    return code.value
+
+
+def _frames_sit_on_their_sources(seg_ds: Dataset, positions: dict[str, np.ndarray], tol_mm: float = 1e-2) -> bool:
+    """True when every SEG frame that references one of ``positions``' slices lies at that slice's position."""
+    checked = 0
+    for frame in getattr(seg_ds, "PerFrameFunctionalGroupsSequence", []):
+        try:
+            uid = str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+            where = np.array([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient])
+        except (AttributeError, IndexError, ValueError):
+            return False
+        if uid in positions:
+            if np.linalg.norm(where - positions[uid]) > tol_mm:
+                return False
+            checked += 1
+    return checked > 0
+
+
+def seg_to_label(seg_ds: Dataset, source_uids: Sequence[str],
+                 source_positions: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """The label map (i, j, k) of a SEG on the source slices ``source_uids`` (k order), MSD values restored.
+
+    Frames are matched to slices by the SOP Instance UIDs they reference. A SEG that does not state that spatial
+    locations are preserved (dcmqi's, for one) is accepted when ``source_positions`` (ImagePositionPatient of
+    each source slice) show every referencing frame lies on its slice; otherwise it is refused.
+    """
     try:
         seg = hd.seg.Segmentation.from_dataset(seg_ds, copy=False)
     except Exception as exc:  # highdicom raises several types for non-SEG or malformed input
@@ -87,7 +119,8 @@ def seg_to_label(seg_ds: Dataset, source_uids: Sequence[str]) -> np.ndarray:
     value_of = {}
     for number in numbers:
         prop = seg.get_segment_description(number).segmented_property_type
-        match = [v for v, (_, _, p) in MSD_LIVER_SEGMENTS.items() if p.value == prop.value]
+        value = _sct_value(prop)
+        match = [v for v, (_, _, p) in MSD_LIVER_SEGMENTS.items() if p.value == value]
         if not match:
             raise InputError(f"SEG segment {number} has an unknown property type {prop.meaning!r}")
         value_of[number] = match[0]
@@ -95,9 +128,18 @@ def seg_to_label(seg_ds: Dataset, source_uids: Sequence[str]) -> np.ndarray:
     missing = [u for u in source_uids if u not in referenced]
     if len(missing) == len(source_uids):
         raise InputError("SEG does not reference any slice of this series")
-    frames = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=list(source_uids), segment_numbers=numbers, combine_segments=True,
-        skip_overlap_checks=True, dtype=np.uint8)
+    kwargs = dict(source_sop_instance_uids=list(source_uids), segment_numbers=numbers, combine_segments=True,
+                  skip_overlap_checks=True, dtype=np.uint8)
+    try:
+        frames = seg.get_pixels_by_source_instance(**kwargs)
+    except RuntimeError as exc:
+        if "spatial locations" not in str(exc):
+            raise
+        positions = dict(zip(source_uids, source_positions or [], strict=False))
+        if not positions or not _frames_sit_on_their_sources(seg_ds, positions):
+            raise InputError("SEG does not say its frames keep their source slices' positions, and they could "
+                             "not be checked against the slices") from None
+        frames = seg.get_pixels_by_source_instance(**kwargs, ignore_spatial_locations=True)
     label = np.zeros(frames.shape, dtype=np.uint8)
     for number, value in value_of.items():
         label[frames == number] = value
