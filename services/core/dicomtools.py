@@ -116,7 +116,7 @@ def from_nifti(image_path: Path, out_dir: Path, *, label_path: Path | None = Non
         if seg_bytes is None:
             seg_same = not seg_path.exists()
         else:
-            seg_same = seg_path.is_file() and seg_path.read_bytes() == seg_bytes
+            seg_same = seg_path.is_file() and _same_seg_file(seg_path, seg_bytes)
         if not (seg_same and dicom_write.same_files(series, ct_dir)):
             raise OutputExists(f"{ct_dir} exists with other content; not overwritten (remove it, or --force)")
         result.unchanged = True
@@ -129,6 +129,20 @@ def from_nifti(image_path: Path, out_dir: Path, *, label_path: Path | None = Non
     elif overwrite and seg_path.exists():
         seg_path.unlink()
     return result
+
+
+def _same_seg_file(path: Path, fresh: bytes) -> bool:
+    """The SEG on disk is the one we would write now, made earlier (creation date/time aside)."""
+    import io
+
+    import pydicom
+
+    from .imaging import seg
+
+    try:
+        return seg.same_seg(pydicom.dcmread(path), pydicom.dcmread(io.BytesIO(fresh)))
+    except Exception:  # unreadable: certainly not the same
+        return False
 
 
 def _seg_bytes(values, series, namespace: str) -> bytes:

@@ -8,6 +8,7 @@ segments back to those values.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -66,7 +67,7 @@ def label_to_seg(label: np.ndarray, source: Sequence[Dataset], uid_namespace: st
     if algorithm:
         identification = hd.AlgorithmIdentificationSequence(
             name=algorithm[:64], version=__version__, family=codes.cid7162.ArtificialIntelligence)
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=list(source), pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_descriptions(values, identification),
         series_instance_uid=derive_uid(uid_namespace, "seg-series"), series_number=series_number,
@@ -75,6 +76,30 @@ def label_to_seg(label: np.ndarray, source: Sequence[Dataset], uid_namespace: st
         device_serial_number="0", series_description="liverseg liver segmentation",
         content_label="LIVER", content_creator_name="liverseg^",
     )
+    # highdicom draws the Dimension Organization UID at random: derive it like every other UID, so the same input
+    # gives the same SEG (its creation date/time, genuine, are the only values that change between runs).
+    dimension_uid = derive_uid(uid_namespace, "dimension-organization")
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = dimension_uid
+    return seg
+
+
+#: Attributes of a SEG that record when it was made; ``same_seg`` ignores them.
+CREATION_TIME_KEYWORDS = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+
+
+def same_seg(a: Dataset, b: Dataset) -> bool:
+    """True when two SEGs are the same object made at different times (all else, UIDs included, equal)."""
+    def normalised(ds: Dataset) -> Dataset:
+        ds = copy.deepcopy(ds)
+        for keyword in CREATION_TIME_KEYWORDS:
+            if keyword in ds:
+                setattr(ds, keyword, "")
+        for item in getattr(ds, "ContributingEquipmentSequence", []):
+            if "ContributionDateTime" in item:
+                item.ContributionDateTime = ""
+        return ds
+    return normalised(a) == normalised(b)
 
 
 def _sct_value(code) -> str:
