@@ -50,7 +50,7 @@ def run_step(step: Step, spec: RunSpec, settings: StoreSettings, log_dir: Path) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVERSEG")}
     env.update(settings.to_env())
     env[ENV_HOME] = str(log_dir / "home")  # nothing from the caller's project folder leaks in
-    for name in ("LIVERSEG_PUSHGATEWAY", "LIVERSEG_LOG_LEVEL", "LIVERSEG_CODE_VERSION"):
+    for name in ("LIVERSEG_PUSHGATEWAY", "LIVERSEG_LOG_LEVEL", "LIVERSEG_CODE_VERSION", "LIVERSEG_S3_RETRY_ATTEMPTS"):
         if name in os.environ:
             env[name] = os.environ[name]
     log_file = log_dir / f"{step.name}.log"

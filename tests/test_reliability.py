@@ -1,0 +1,178 @@
+"""Faults on the real store: the server restarting mid-stage, a stage killed mid-way, training killed.
+
+Each test compares against an undisturbed run of the same run id (in another bucket, so object contents can be
+compared byte for byte) and records a row for docs/RELIABILITY.md (see tests/bench/reliability_doc.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pydicom
+import pytest
+import torch
+
+from liverseg import layout
+from liverseg.config import load_profile
+from liverseg.embedded import EmbeddedStore, find_free_s3_port
+from liverseg.msd import ingest
+from liverseg.plan import make_plan
+from liverseg.store import ObjectStore
+
+pytestmark = pytest.mark.slow
+TINY_TRAINING = ["train.epochs=6", "train.val_interval=1", "train.patch=[64,64,32]", "train.checkpoint_every=1",
+                 "train.samples_per_volume=2"]
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    """A server of this module's own, because its tests stop it (its data survives a restart)."""
+    server = EmbeddedStore(root=tmp_path_factory.mktemp("weed"), s3_port=find_free_s3_port())
+    server.up()
+    yield server
+    server.down()
+
+
+@pytest.fixture(scope="module")
+def undisturbed(own_server, tiny_dataset):
+    """Converted outputs of run r, undisturbed: what every disturbed convert must reproduce."""
+    reference = prepared(bucket(own_server, "reference"), tiny_dataset)
+    finish(stage_process(reference, "convert"))
+    return contents(reference, "runs/r/convert/")
+
+
+def bucket(server, name) -> ObjectStore:
+    store = ObjectStore(dataclasses.replace(server.settings(), bucket=name))
+    store.ensure_bucket()
+    return store
+
+
+def prepared(store, data, run_id="r", overrides=()):
+    ingest(store, data, "tiny")
+    make_plan(store, run_id, "tiny", load_profile("default", list(overrides), environ={}))
+    return store
+
+
+def stage_process(store, stage, run_id="r", retries=None, *extra):
+    env = {"PATH": "/usr/bin:/bin", **store.settings.to_env(), "LIVERSEG_HOME": "/nonexistent"}
+    if retries:
+        env["LIVERSEG_S3_RETRY_ATTEMPTS"] = str(retries)
+    return subprocess.Popen([sys.executable, "-m", "liverseg", stage, "--run-id", run_id, *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process, timeout=600):
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-2000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def wait_for(store, key, timeout=300, process=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if store.stat(key) is not None:
+            return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process ended before {key} appeared")
+        time.sleep(0.05)
+    raise AssertionError(f"{key} did not appear")
+
+
+def contents(store, prefix):
+    """Every completed output under ``prefix`` as key -> content hash, checked against the manifests that list it.
+
+    A DICOM SEG carries its creation time (Content Date/Time, type 1), so SEGs are compared by what they say:
+    pixel data and the per-frame references to the CT slices.
+    """
+    found = {}
+    for ref in store.list(prefix):
+        if ref.key.endswith(layout.MANIFEST):
+            manifest = store.get_json(ref.key)
+            for key, entry in manifest["outputs"].items():
+                actual = store.stat(key)
+                assert actual is not None and actual.sha256 == entry["sha256"], f"{key} does not match its manifest"
+                found[key] = entry["sha256"]
+                if key.endswith("seg.dcm"):
+                    ds = pydicom.dcmread(io.BytesIO(store.get_bytes(key)))
+                    found[key] = hashlib.sha256(ds.PixelData + str(ds.PerFrameFunctionalGroupsSequence).encode()
+                                                ).hexdigest()
+    return found
+
+
+def record(row: dict) -> None:
+    """One row of the reliability table, for tests/bench/reliability_doc.py."""
+    folder = os.environ.get("LIVERSEG_RELIABILITY_DIR", ".liverseg/reliability")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{row['id']}.json"), "w") as fh:
+        json.dump(row, fh)
+
+
+def test_store_restart_in_the_middle_of_a_stage(own_server, tiny_dataset, undisturbed):
+    expected = undisturbed
+    disturbed = prepared(bucket(own_server, "disturbed"), tiny_dataset)
+    process = stage_process(disturbed, "convert", "r", 14)
+    wait_for(disturbed, layout.manifest_key("r", "convert", "liver_0"), process=process)
+    own_server.down()
+    time.sleep(1.0)
+    own_server.up()
+    result = finish(process)
+    assert len(result["ok"]) == 5
+    assert contents(disturbed, "runs/r/convert/") == expected
+    record({"id": "a-store-restart", "fault": "S3 server stopped and restarted during convert",
+            "survived": True, "detail": f"{len(expected)} objects identical to an undisturbed run"})
+
+
+def test_stage_killed_mid_way_then_rerun(own_server, tiny_dataset, undisturbed):
+    expected = undisturbed
+    disturbed = prepared(bucket(own_server, "killed"), tiny_dataset)
+    process = stage_process(disturbed, "convert")
+    wait_for(disturbed, layout.manifest_key("r", "convert", "liver_1"), process=process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = [c for c in ("liver_0", "liver_1", "liver_2", "liver_3", "liver_4")
+                   if disturbed.stat(layout.manifest_key("r", "convert", c))]
+    assert len(done_before) < 5, "the kill came too late to test anything"
+    result = finish(stage_process(disturbed, "convert"))
+    assert sorted(result["skipped"]) == sorted(done_before)
+    assert contents(disturbed, "runs/r/convert/") == expected
+    record({"id": "b-stage-killed", "fault": "convert killed (SIGKILL) after some cases, then re-run",
+            "survived": True, "detail": f"{len(done_before)} cases skipped on re-run, outputs identical"})
+
+
+def model_state(store, key):
+    payload = torch.load(io.BytesIO(store.get_bytes(key)), weights_only=True)
+    return payload["state_dict"]
+
+
+def test_training_killed_resumes_from_its_checkpoint(own_server, tiny_dataset):
+    store = prepared(bucket(own_server, "train"), tiny_dataset, overrides=TINY_TRAINING)
+    for stage in ("convert", "group", "preprocess"):
+        finish(stage_process(store, stage))
+    finish(stage_process(store, "train", "r", None, "--no-resume"))
+    straight = model_state(store, "runs/r/train/model.pt")
+    straight_history = store.get_json("runs/r/train/metrics.json")
+    for ref in store.list("runs/r/train/"):
+        store.delete(ref.key)  # start over, same run id, same inputs
+
+    process = stage_process(store, "train")
+    wait_for(store, "runs/r/train/checkpoints/epoch_0002.pt", process=process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert store.stat(layout.manifest_key("r", "train")) is None, "the kill came too late to test anything"
+    resumed_from = max(int(r.key[-7:-3]) for r in store.list("runs/r/train/checkpoints/"))
+    finish(stage_process(store, "train", "r", None, "--resume"))
+    resumed = model_state(store, "runs/r/train/model.pt")
+    history = store.get_json("runs/r/train/metrics.json")
+    assert [(h["loss"], h.get("val_dice")) for h in history] == \
+        [(h["loss"], h.get("val_dice")) for h in straight_history]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    record({"id": "c-train-killed", "fault": f"train killed (SIGKILL) after epoch {resumed_from} of 6, resumed",
+            "survived": True, "detail": "final weights and per-epoch metrics bit-identical to an uninterrupted run"})
