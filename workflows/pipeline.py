@@ -3,7 +3,7 @@
 ``plan`` writes the run's case lists as output parameters. Per-case steps (``fan_out``) are grouped into one
 nested DAG per case list, fanned out with ``withParam`` (one DAG, and so one pod per step, for each case):
 
-    plan ─▶ each-case[convert ─▶ group ─▶ preprocess] ─▶ train ─▶ each-held-out-case[infer] ─▶ evaluate
+    plan ─▶ each-case[convert ─▶ group ─▶ preprocess] ─▶ train ─▶ each-held-out-case[infer] ─▶ evaluate ─▶ …
 
 The shape comes from the graph's ``needs`` and ``fan_out`` alone: a step added to the graph appears here.
 """
@@ -54,7 +54,8 @@ OVERRIDES = ("{{=workflow.parameters.overrides + (workflow.parameters.epochs == 
              "';train.epochs=' + workflow.parameters.epochs)}}")
 SOURCES = {"run-id": RUN_ID, "overrides": OVERRIDES, "dataset": workflow_parameter("dataset"),
            "profile": workflow_parameter("profile"), "max-cases": workflow_parameter("max-cases")}
-PARAMETERS = ("run-id", "dataset", "profile", "epochs", "overrides", "max-cases", "gpus", "bucket", "registry", "tag")
+# Workflow parameters whose defaults are the site's values (values.Parameters), besides ``run-id``.
+SITE_PARAMETERS = ("dataset", "profile", "epochs", "overrides", "max-cases", "gpus", "bucket", "registry", "tag")
 
 
 def node_name(step: Step) -> str:
@@ -110,7 +111,7 @@ def parameters(values: WorkflowValues) -> list[Parameter]:
     descriptions = {f.alias or name: f.description for name, f in fields.items()}
     run_id = Parameter(name="run-id", value="", description="run id (runs/<run-id>/ in the store); empty: the "
                                                             "workflow's name. An existing run id resumes that run")
-    return [run_id, *(Parameter(name=p, value=defaults[p], description=descriptions[p]) for p in PARAMETERS[1:])]
+    return [run_id, *(Parameter(name=p, value=defaults[p], description=descriptions[p]) for p in SITE_PARAMETERS)]
 
 
 def pipeline_template(values: WorkflowValues, steps: tuple[Step, ...] = PIPELINE) -> WorkflowTemplate:
@@ -121,11 +122,13 @@ def pipeline_template(values: WorkflowValues, steps: tuple[Step, ...] = PIPELINE
                      for s in ordered}
         nodes = top_level_nodes(ordered)
         members = {node: [s for s in ordered if node_name(s) == node] for node in nodes}
-        node_templates = {node: fan_out_dag(CASE_LISTS[steps[0].fan_out], steps, templates)
-                          if steps[0].fan_out != "none" else templates[node] for node, steps in members.items()}
+        case_lists = {node: CASE_LISTS.get(group[0].fan_out) for node, group in members.items()}
+        # Nested DAG templates are built before the DAG that calls them (Hera adds each to the workflow as made).
+        node_templates = {node: fan_out_dag(case_lists[node], group, templates) if case_lists[node] else
+                          templates[node] for node, group in members.items()}
         with DAG(name=ENTRYPOINT):
             for node, needs in nodes.items():
-                case_list = CASE_LISTS.get(members[node][0].fan_out)
+                case_list = case_lists[node]
                 Task(name=node, template=node_templates[node], with_param=case_list.items if case_list else None,
                      depends=" && ".join(sorted(needs)) or None,
                      arguments={i: "{{item}}" if i == CASE else SOURCES[i] for i in inputs_of(members[node])})

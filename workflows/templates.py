@@ -13,12 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hera.workflows import DAG, Container, EmptyDirVolume, Resources, Task
-from hera.workflows.models import (
-    ArtifactRepositoryRef,
-    Metadata,
-    PodGC,
-    TTLStrategy,
-)
+from hera.workflows.models import ArtifactRepositoryRef, Metadata, PodGC, TTLStrategy
 from hera.workflows.models import Toleration as ModelToleration
 
 from liverseg.graph import Step
@@ -36,7 +31,7 @@ from .pods import RETRY_TRANSIENT, input_parameter, liverseg_container, pod_secu
 from .values import WorkflowValues
 
 # A run id is chosen per submission; left empty, the workflow's own (unique) name is the run id, which is what a
-# CronWorkflow run gets. Evaluated once, where a workflow's DAG hands ``run-id`` to its steps.
+# CronWorkflow run gets. Evaluated in the top-level DAG's task arguments: step templates only see ``run-id``.
 RUN_ID = "{{=workflow.parameters['run-id'] == '' ? workflow.name : workflow.parameters['run-id']}}"
 CASE = "case"
 EXIT_HANDLER = "exit-handler"
