@@ -71,6 +71,10 @@ render: venv
 validate: venv tools helm
 	$(PY) -m pytest -q tests/test_workflows.py tests/test_k8s_manifests.py tests/test_chart.py
 
+# convert -> group -> preprocess over 10, 50 and 200 phantoms: s/case and peak RSS -> bench-results/scale.json.
+bench-scale: venv
+	$(PY) tests/bench/scale.py --sizes 10 50 200 --workers 2
+
 lint: venv
 	$(PY) -m ruff check services workflows tests
 
