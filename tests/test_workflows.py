@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -347,3 +349,15 @@ def test_every_workflow_parameter_says_what_it_is(rendered):
     for wt in objects(rendered, "WorkflowTemplate").values():
         for p in wt["spec"]["arguments"]["parameters"]:
             assert p["description"], p["name"]
+
+
+def test_the_liverseg_command_starts_in_a_stage_image_without_the_ops_extra():
+    """Stage images install no Hera or Kubernetes client: the commands registered from liverseg.workflows must
+    not import them until they run (the exit handler's record-status runs in a stage image)."""
+    code = ("import sys\n"
+            "for name in ('hera', 'kubernetes', 'jsonschema'): sys.modules[name] = None\n"
+            "from liverseg.cli import main\n"
+            "sys.exit(main(['record-status', '--help']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "--workflow" in done.stdout
