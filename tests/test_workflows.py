@@ -320,14 +320,15 @@ def test_values_documents_reject_unknown_keys_and_accept_numbers(tmp_path):
 
 def test_the_charts_copy_of_the_rendering_is_fresh():
     fresh = render_all()
-    committed = {p.name: yaml.safe_load(p.read_text()) for p in CHART_FILES.glob("*.yaml")}
+    committed = {p.relative_to(CHART_FILES).as_posix(): yaml.safe_load(p.read_text())
+                 for p in CHART_FILES.rglob("*.yaml")}
     assert committed == fresh, "charts/liverseg/files/rendered is stale: run `make render` and commit it"
 
 
 def test_render_command_writes_one_file_per_object(tmp_path, capsys):
     assert main(["workflows", "render", "--out", str(tmp_path / "out"), "--values", str(SITES["hospital"])]) == 0
-    written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == sorted(render_all())
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.yaml"))
+    assert written == sorted(render_all()) and "monitoring/prometheusrule-liverseg.yaml" in written
     cron = yaml.safe_load((tmp_path / "out" / f"cronworkflow-{retrain.NAME}.yaml").read_text())
     assert cron["spec"]["timezone"] == "Europe/Berlin"
     (tmp_path / "bad.yaml").write_text("paralelism: 3\n")
