@@ -84,32 +84,42 @@ class FromNiftiResult:
     unchanged: bool = False
 
 
-def uid_namespace(image: Path, label: Path | None, extra: str = "") -> str:
+def uid_namespace(image: Path, label: Path | None, extra: str = "", *, digests: dict[Path, str] | None = None
+                  ) -> str:
     """``cli | image SHA-256 | label SHA-256 | code version [| extra]``: see ``dicom_write``'s docstring."""
-    parts = ["cli", file_sha256(image), file_sha256(label) if label else "", code_version()]
+    digests = digests or {}
+    parts = ["cli", digests.get(image) or file_sha256(image),
+             (digests.get(label) or file_sha256(label)) if label else "", code_version()]
     return "|".join(parts + ([extra] if extra else []))
 
 
 def from_nifti(image_path: Path, out_dir: Path, *, label_path: Path | None = None, patient_id: str | None = None,
                namespace: str = "", overwrite: bool = False) -> FromNiftiResult:
     """Write ``out_dir/ct/0001.dcm…`` (CT Image Storage) and, with a label, ``out_dir/seg.dcm`` (DICOM SEG)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .imaging import dicom_write, nifti
 
-    image = nifti.load_fast(image_path, kind="image")
-    label = nifti.load_fast(label_path, kind="label") if label_path else None
+    inputs = [Path(p) for p in (image_path, label_path) if p is not None]
+    with ThreadPoolExecutor(1) as pool:
+        # Hash the input files (for the UIDs) while they are decoded: hashlib releases the GIL.
+        hashing = {p: pool.submit(file_sha256, p) for p in inputs if p.is_file()}
+        image = nifti.load_fast(image_path, kind="image")
+        label = nifti.load_fast(label_path, kind="label") if label_path else None
+        digests = {p: f.result() for p, f in hashing.items()}
+    namespace = uid_namespace(Path(image_path), Path(label_path) if label_path else None, namespace, digests=digests)
     values = None
     if label is not None:
         from .imaging.label import check_label
 
         values = check_label(label, image)
     patient = patient_id or re.sub(r"\.nii(\.gz)?$", "", Path(image_path).name)[:64] or "anonymous"
-    series = dicom_write.encode_series(image, dicom_write.SeriesInfo(
-        patient_id=patient, uid_namespace=uid_namespace(image_path, label_path, namespace)))
+    series = dicom_write.encode_series(image, dicom_write.SeriesInfo(patient_id=patient, uid_namespace=namespace))
     out_dir = Path(out_dir)
     ct_dir, seg_path = out_dir / "ct", out_dir / "seg.dcm"
     seg_bytes = None
     if values is not None:
-        seg_bytes = _seg_bytes(values, series, uid_namespace(image_path, label_path, namespace))
+        seg_bytes = _seg_bytes(values, series, namespace)
     result = FromNiftiResult(out_dir, len(series.parts), series.series_instance_uid,
                              seg_path if seg_bytes is not None else None)
     if ct_dir.exists() and not overwrite:

@@ -18,9 +18,9 @@ does not change HU and is not inverted here.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,14 +168,15 @@ class _DatasetFields:
         return None if value in (None, "") else int(value)
 
 
-def _floats(fields, tag: int, name: str, n: int, file: str) -> np.ndarray:
+def _floats(fields, tag: int, name: str, n: int, file: str) -> list[float]:
+    # Plain floats: numpy's per-call overhead on 2-6 values would cost more than the whole header scan.
     try:
-        arr = np.array([float(v) for v in fields.text(tag).split("\\")], dtype=np.float64)
+        values = [float(v) for v in fields.text(tag).split("\\")]
     except ValueError:
-        arr = np.array([])
-    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        values = []
+    if len(values) != n or not all(math.isfinite(v) for v in values):
         raise InputError(f"missing or malformed {name}", file=file)
-    return arr
+    return values
 
 
 def _number(fields, tag: int, name: str, default: float | None, file: str) -> float | None:
@@ -186,7 +187,7 @@ def _number(fields, tag: int, name: str, default: float | None, file: str) -> fl
         number = float(value.split("\\")[0])
     except ValueError:
         raise InputError(f"malformed {name} {value!r}", file=file) from None
-    if not np.isfinite(number):
+    if not math.isfinite(number):
         raise InputError(f"{name} is not finite", file=file)
     return number
 
@@ -222,21 +223,24 @@ def _header(path: Path, fields, transfer_syntax: str, pixel_offset: int | None, 
         raise InputError(f"Bits Stored {bits_stored} does not fit Bits Allocated {bits_allocated}", file=file)
     if fields.has(MODALITY_LUT) and not fields.text(RESCALE_SLOPE):
         raise InputError("HU given by a Modality LUT Sequence, not Rescale Slope/Intercept: not supported", file=file)
-    orientation = _floats(fields, ORIENTATION, "ImageOrientationPatient", 6, file)
-    norms = np.linalg.norm(orientation.reshape(2, 3), axis=1)
-    if np.any(np.abs(norms - 1) > 1e-2) or abs(orientation[:3] @ orientation[3:]) > 1e-2:
+    cosines = _floats(fields, ORIENTATION, "ImageOrientationPatient", 6, file)
+    row, col = cosines[:3], cosines[3:]
+    norm_row, norm_col = math.hypot(*row), math.hypot(*col)
+    dot = row[0] * col[0] + row[1] * col[1] + row[2] * col[2]
+    if abs(norm_row - 1) > 1e-2 or abs(norm_col - 1) > 1e-2 or abs(dot) > 1e-2:
         raise InputError("ImageOrientationPatient is not two orthogonal unit vectors", file=file)
-    orientation = np.concatenate([orientation[:3] / norms[0], orientation[3:] / norms[1]])
+    orientation = np.array([*(v / norm_row for v in row), *(v / norm_col for v in col)])
     spacing = _floats(fields, PIXEL_SPACING, "PixelSpacing", 2, file)
-    if spacing.min() <= 0:
-        raise InputError(f"PixelSpacing {spacing.tolist()} is not positive", file=file)
+    if min(spacing) <= 0:
+        raise InputError(f"PixelSpacing {spacing} is not positive", file=file)
     slope = _number(fields, RESCALE_SLOPE, "RescaleSlope", 1.0, file)
     if slope == 0:
         raise InputError("RescaleSlope is 0", file=file)
     thickness = _number(fields, SLICE_THICKNESS, "SliceThickness", None, file)
     return SliceHeader(
-        path=path, orientation=orientation, position=_floats(fields, POSITION, "ImagePositionPatient", 3, file),
-        pixel_spacing=spacing, rows=rows, columns=columns,
+        path=path, orientation=orientation,
+        position=np.array(_floats(fields, POSITION, "ImagePositionPatient", 3, file)),
+        pixel_spacing=np.array(spacing), rows=rows, columns=columns,
         sop_instance_uid=fields.text(SOP_INSTANCE) or fields.text(MEDIA_SOP_INSTANCE),
         study_uid=fields.text(STUDY_UID), series_uid=fields.text(SERIES_UID),
         frame_of_reference_uid=fields.text(FRAME_OF_REFERENCE), series_number=fields.text(SERIES_NUMBER),
@@ -468,6 +472,8 @@ def _stored_values(ordered: Sequence[SliceHeader]) -> np.ndarray:
     workers = max(1, min(IO_THREADS, len(ordered) // 16))
     chunks = [range(w, len(ordered), workers) for w in range(workers)]
     if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(lambda chunk: [load(k) for k in chunk], chunks))
     else:
@@ -482,10 +488,12 @@ def _to_hu(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.nd
     """HU from stored values, in place where possible: int16 when exact and in range, else float32."""
     integral = bool(np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)))
     if integral and raw.dtype.kind in "iu":
-        lo = int(raw.min()) + int(intercepts.min())
-        hi = int(raw.max()) + int(intercepts.max())
+        raw_max = int(raw.max())
+        raw_min = 0 if raw.dtype.kind == "u" else int(raw.min())  # one pass less for unsigned storage
+        lo = raw_min + int(intercepts.min())
+        hi = raw_max + int(intercepts.max())
         if lo >= -32768 and hi <= 32767:
-            if raw.dtype == np.int16 or (raw.dtype == np.uint16 and int(raw.max()) <= 32767):
+            if raw.dtype == np.int16 or (raw.dtype == np.uint16 and raw_max <= 32767):
                 hu = raw.view(np.int16)  # same bits: values below 32768 read the same signed
             else:
                 hu = raw.astype(np.int16)

@@ -92,7 +92,7 @@ def choose_rescale(hu: np.ndarray) -> Rescale:
             raise InputError(f"voxel values {lo:g}..{hi:g} span more than a float can hold")
         integral = bool(np.array_equal(hu, np.round(hu))) and abs(lo) < 2**53 and abs(hi) < 2**53
     if integral and _INT16.min <= lo and hi <= _INT16.max:
-        return Rescale(hu.astype(np.int16), 1.0, 0.0)
+        return Rescale(hu.astype(np.int16, copy=False), 1.0, 0.0)
     if integral and hi - lo <= _UINT16.max and abs(lo) < 1e15:
         return Rescale((hu.astype(np.int64) - int(lo)).astype(np.uint16), 1.0, float(lo))
     intercept = float(_ds_decimal(float(lo)))
