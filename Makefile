@@ -11,7 +11,7 @@ APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushga
 # helm for the chart tests: a pinned static build, fetched once into the ignored tool cache (charts/fetch_helm.py).
 HELM := .liverseg/tools/helm
 
-.PHONY: help venv tools helm render validate run test test-fast lint bench bench-quality clean
+.PHONY: help venv tools helm render validate run test test-fast lint bench bench-quality bench-dicom clean
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
@@ -20,6 +20,7 @@ help:
 	@echo "make render - Argo WorkflowTemplates/CronWorkflow: the chart's copy, and build/workflows/<overlay>"
 	@echo "make validate - workflows, kustomize overlays and the Helm chart against their schemas"
 	@echo "make bench-quality - seed vs default held-out Dice under the same CPU budget -> bench-results/quality.json"
+	@echo "make bench-dicom - our DICOM<->NIfTI vs dcm2niix and plastimatch on the TCIA series -> bench-results/dicom.json"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +75,12 @@ validate: venv tools helm
 # convert -> group -> preprocess over 10, 50 and 200 phantoms: s/case and peak RSS -> bench-results/scale.json.
 bench-scale: venv
 	$(PY) tests/bench/scale.py --sizes 10 50 200 --workers 2
+
+# DICOM -> NIfTI vs dcm2niix and NIfTI -> DICOM vs plastimatch on the 134-slice TCIA series in ../shared/data
+# (DICOM_SERIES=dir for another), whole processes, median of interleaved runs -> bench-results/dicom.json.
+DICOM_SERIES ?= ../shared/data/tcia_pancreas_ct_cb001_dicom/dicom
+bench-dicom: venv tools
+	$(PY) -m liverseg.bench_dicom --series $(DICOM_SERIES) --out bench-results/dicom.json
 
 lint: venv
 	$(PY) -m ruff check services workflows tests
