@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CASES ?= 16
 PROFILE ?= default
-APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushgateway
+APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushgateway openssl
 # helm for the chart tests: a pinned static build, fetched once into the ignored tool cache (charts/fetch_helm.py).
 HELM := .liverseg/tools/helm
 
@@ -33,7 +33,7 @@ venv: $(VENV)/.installed
 
 # Reference tools the tests compare against (dcm2niix, dciodvfy, plastimatch) and the Pushgateway.
 tools:
-	@missing=""; for t in dcm2niix dciodvfy plastimatch prometheus-pushgateway promtool; do \
+	@missing=""; for t in dcm2niix dciodvfy plastimatch prometheus-pushgateway promtool openssl; do \
 	  command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \

@@ -115,3 +115,13 @@ def test_pipeline_end_to_end_with_bad_cases_and_rerun(store, settings, store_env
     again = run_pipeline(spec, settings, tmp_path / "reports")
     assert snapshot(store, "runs/e2e/") == before
     assert again["cases"] == summary["cases"]
+
+    # The store's secret key appears in no log line and in no JSON object (manifests, plans, reports) of the run.
+    secret = settings.secret_key
+    logs = [p.read_text(errors="replace") for p in (tmp_path / "reports").rglob("*.log")]
+    logs += [ingest.stderr, studies.stderr]
+    assert sum(len(text.splitlines()) for text in logs) > 50
+    assert not any(secret in text for text in logs)
+    json_objects = [r.key for r in store.list("") if r.key.endswith(".json")]
+    assert len(json_objects) > 30
+    assert not any(secret in store.get_bytes(key).decode(errors="replace") for key in json_objects)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import subprocess
 import threading
 import time
 
@@ -97,3 +98,24 @@ def test_embedded_store_keeps_credentials_private_and_stable(tmp_path):
     finally:
         assert server.down() is True
     assert server.status()["running"] is False
+
+
+def test_tls_with_a_ca_bundle(tmp_path):
+    """The store over HTTPS: the client verifies the server against the configured CA bundle, and refuses a
+    server it cannot verify."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server = EmbeddedStore(root=tmp_path / "weed", s3_port=find_free_s3_port(), tls=(cert, key))
+    settings = server.up()
+    try:
+        assert settings.secure and settings.ca_bundle == str(cert.resolve())
+        store = ObjectStore(settings)
+        store.put_bytes("over-tls", b"secret scan")
+        assert store.get_bytes("over-tls") == b"secret scan"
+        untrusted = ObjectStore(dataclasses.replace(settings, ca_bundle=None), retry=RetryPolicy(attempts=1))
+        with pytest.raises(Exception, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            untrusted.get_bytes("over-tls")
+    finally:
+        server.down()

@@ -23,6 +23,7 @@ from pathlib import Path
 from .settings import (
     ENV_ACCESS_KEY,
     ENV_BUCKET,
+    ENV_CA_BUNDLE,
     ENV_ENDPOINT,
     ENV_SECRET_KEY,
     ENV_SECURE,
@@ -80,6 +81,7 @@ class EmbeddedStore:
     root: Path
     s3_port: int = DEFAULT_S3_PORT
     bucket: str = "liverseg"
+    tls: tuple[Path, Path] | None = None  # (certificate, key) PEM files: serve S3 over HTTPS
 
     @property
     def env_file(self) -> Path:
@@ -102,7 +104,9 @@ class EmbeddedStore:
         values.setdefault(ENV_ACCESS_KEY, "liverseg-" + secrets.token_hex(6))
         values.setdefault(ENV_SECRET_KEY, secrets.token_urlsafe(30))
         values[ENV_ENDPOINT] = f"{HOST}:{self.s3_port}"
-        values[ENV_SECURE] = "false"
+        values[ENV_SECURE] = "true" if self.tls else "false"
+        if self.tls:
+            values[ENV_CA_BUNDLE] = str(Path(self.tls[0]).resolve())  # self-signed: the certificate is its own CA
         values[ENV_BUCKET] = self.bucket
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -143,6 +147,8 @@ class EmbeddedStore:
             f"-volume.port={ports['volume']}", f"-admin.port={ports['admin']}",
             "-s3.allowDeleteBucketNotEmpty=false", "-s3.autoCreateBucket=false",
         ]
+        if self.tls:
+            command += [f"-s3.cert.file={Path(self.tls[0]).resolve()}", f"-s3.key.file={Path(self.tls[1]).resolve()}"]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": settings.access_key,
                "AWS_SECRET_ACCESS_KEY": settings.secret_key}
         with open(self.log_file, "ab") as log:
