@@ -82,6 +82,12 @@ DICOM_SERIES ?= ../shared/data/tcia_pancreas_ct_cb001_dicom/dicom
 bench-dicom: venv tools
 	$(PY) -m liverseg.bench_dicom --series $(DICOM_SERIES) --out bench-results/dicom.json
 
+# docs/RELIABILITY.md from the fault-injection and bad-input tests' own records (and bench-results/scale.json).
+reliability-doc: venv tools
+	rm -rf .liverseg/reliability
+	$(PY) -m pytest -q tests/test_reliability.py tests/test_bad_input_corpus.py
+	$(PY) tests/bench/reliability_doc.py
+
 lint: venv
 	$(PY) -m ruff check services workflows tests
 

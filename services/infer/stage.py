@@ -7,6 +7,7 @@ Writes runs/<run>/infer/<case>/mask.nii.gz                  uint8, 1 = liver, th
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,10 @@ class InferStage:
     def _study_volume(ctx: StageContext, inputs: dict[str, ObjectRef], work: Path) -> Volume:
         if "image" in inputs:
             return nifti.load(ctx.store.get_file(inputs["image"].key, work / "image.nii.gz"), kind="image")
-        targets = {ref.key: work / "dicom" / f"{n:05d}.dcm"
-                   for n, ref in enumerate(r for k, r in inputs.items() if k.startswith("dicom:"))}
+        # Keep the files' own names (relative to the study prefix): errors name the file a person uploaded.
+        keys = [r.key for k, r in inputs.items() if k.startswith("dicom:")]
+        prefix = os.path.commonpath(keys) if len(keys) > 1 else keys[0].rsplit("/", 1)[0]
+        targets = {key: work / "dicom" / key[len(prefix):].lstrip("/") for key in keys}
         volume, _, _ = dicom_read.series_to_volume(ctx.store.get_files(targets))
         return volume
 
