@@ -51,10 +51,15 @@ def load(path: Path, *, kind: str = "image") -> Volume:
     except InputError as exc:
         exc.file = exc.file or path.name
         raise
-    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, gzip.BadGzipFile,
-            ValueError, MemoryError) as exc:
-        raise InputError(f"{kind} is not a readable NIfTI: {type(exc).__name__}: {exc}", file=path.name) from None
+    except Exception as exc:  # nibabel reports damaged headers with many exception types
+        raise unreadable(kind, path, exc) from None
     return check_volume(array, affine, kind=kind, file=path.name)
+
+
+def unreadable(kind: str, path: Path, exc: BaseException) -> InputError:
+    """One line naming the file (not the temporary folder it was downloaded to) and what the reader said."""
+    detail = " ".join(str(exc).replace(str(path), path.name).split())
+    return InputError(f"{kind} is not a readable NIfTI: {type(exc).__name__}: {detail}", file=path.name)
 
 
 def check_volume(array: np.ndarray, affine: np.ndarray, *, kind: str, file: str | None) -> Volume:
@@ -79,7 +84,7 @@ def load_fast(path: Path, *, kind: str = "image") -> Volume:
     except nifti1.Unsupported:
         return load(path, kind=kind)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, MemoryError) as exc:
-        raise InputError(f"{kind} is not a readable NIfTI: {type(exc).__name__}: {exc}", file=path.name) from None
+        raise unreadable(kind, path, exc) from None
     if min(array.shape) < 1:
         raise InputError(f"{kind} has an empty axis, shape {array.shape}", file=path.name)
     if header.affine is None:
