@@ -80,7 +80,8 @@ def test_convert_and_group_set_bad_cases_aside_and_go_on(store, settings, store_
     assert "label grid" in convert["quarantined"]["liver_81"]
     assert sorted(convert["ok"]) == ["liver_0", "liver_1", "liver_2", "liver_3", "liver_4", "liver_82", "liver_83"]
     entry = store.get_json(layout.quarantine_key(RUN, "convert", "liver_80"))
-    assert entry["file"] == "liver_80.nii.gz" and entry["case"] == "liver_80" and "NaN" in entry["reason"]
+    assert entry["file"] == "datasets/mixed/imagesTr/liver_80.nii.gz"  # the store key a person uploaded
+    assert entry["case"] == "liver_80" and "NaN" in entry["reason"]
     assert store.get_json(layout.manifest_key(RUN, "convert", "liver_81"))["status"] == "quarantined"
 
     # Damage one slice of a converted case in the store: group must set that case aside, naming the file.

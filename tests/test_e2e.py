@@ -67,7 +67,7 @@ def test_pipeline_end_to_end_with_bad_cases_and_rerun(store, settings, store_env
     assert "not a readable NIfTI" in convert_aside["liver_90"]
     assert "label grid" in convert_aside["liver_91"] and "differs from the image grid" in convert_aside["liver_91"]
     quarantine = store.get_json(layout.quarantine_key("e2e", "convert", "liver_90"))
-    assert quarantine["file"] == "liver_90.nii.gz"
+    assert quarantine["file"] == "datasets/tiny/imagesTr/liver_90.nii.gz"
     plan = store.get_json(layout.manifest_key("e2e", "plan"))["details"]["plan"]
     for stage in ("convert", "group", "preprocess"):
         statuses = [store.get_json(layout.manifest_key("e2e", stage, c))["status"] for c in plan["cases"]]

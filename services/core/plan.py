@@ -13,6 +13,7 @@ from typing import Any
 
 from . import layout, msd
 from .config import Profile, SplitConfig
+from .manifest import utc_now
 from .metrics import StageMetrics
 from .stagekit import CaseEntry, Plan, StageContext, run_once
 from .store import ObjectStore
@@ -47,7 +48,7 @@ def make_plan(store: ObjectStore, run_id: str, dataset: str, profile: Profile,
     entries = {c: CaseEntry(**cases[c]) for c in names}
     split = split_patients({c: e.patient for c, e in entries.items()}, profile.split)
     plan = Plan(run_id=run_id, dataset=dataset, cases=entries, split=split,
-                profile=profile.model_dump(mode="json"))
+                profile=profile.model_dump(mode="json"), planned_at=utc_now())
     source = store.stat(layout.dataset_manifest(dataset))
     params = {"dataset": dataset, "profile": plan.profile, "max_cases": max_cases}
     ctx = StageContext(store=store, run_id=run_id, stage="plan", metrics=StageMetrics("plan", run_id))

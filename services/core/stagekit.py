@@ -49,6 +49,7 @@ class Plan(BaseModel):
     cases: dict[str, CaseEntry]
     split: dict[str, list[str]]
     profile: dict[str, Any]
+    planned_at: str | None = None  # when the plan was made: the date stages give objects they create (SEG)
 
     def config(self) -> Profile:
         return profile_from_dict(self.profile)

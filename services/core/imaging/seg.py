@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 import highdicom as hd
 import numpy as np
@@ -44,12 +45,14 @@ def _descriptions(values: Sequence[int], algorithm: hd.AlgorithmIdentificationSe
 
 
 def label_to_seg(label: np.ndarray, source: Sequence[Dataset], uid_namespace: str, *,
-                 algorithm: str | None = None, series_number: int = 2) -> Dataset:
+                 algorithm: str | None = None, series_number: int = 2, created: datetime | None = None) -> Dataset:
     """A binary SEG of ``label`` (i, j, k), one frame group per source slice ``source[k]``.
 
     Every label value present becomes a segment (1 liver, 2 tumour); a label that is all background still gives
     a valid SEG with the liver segment and no frames. ``algorithm`` names the model for automatic
-    segmentations; None means the label came from the data set (manual).
+    segmentations; None means the label came from the data set (manual). ``created`` sets the SEG's creation
+    date/time (default: now): a pipeline passes its run's plan time, so every attempt at a case, retried or
+    concurrent, writes the very same bytes.
     """
     if label.ndim != 3 or label.shape[2] != len(source):
         raise InputError(f"label shape {label.shape} does not match {len(source)} source slices")
@@ -77,10 +80,14 @@ def label_to_seg(label: np.ndarray, source: Sequence[Dataset], uid_namespace: st
         content_label="LIVER", content_creator_name="liverseg^",
     )
     # highdicom draws the Dimension Organization UID at random: derive it like every other UID, so the same input
-    # gives the same SEG (its creation date/time, genuine, are the only values that change between runs).
+    # gives the same SEG (with ``created`` given, byte for byte).
     dimension_uid = derive_uid(uid_namespace, "dimension-organization")
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
         item.DimensionOrganizationUID = dimension_uid
+    if created is not None:
+        stamp = created.astimezone(timezone.utc)
+        seg.InstanceCreationDate = seg.ContentDate = stamp.strftime("%Y%m%d")
+        seg.InstanceCreationTime = seg.ContentTime = stamp.strftime("%H%M%S.%f")
     return seg
 
 
