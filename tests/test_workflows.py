@@ -25,6 +25,8 @@ from liverseg.workflows.cluster import (
     RUN_AS_USER,
     SERVICE_ACCOUNT,
     SETTINGS_CONFIGMAP,
+    STORE_CA_CONFIGMAP,
+    STORE_CA_MOUNT,
     STORE_SECRET,
     STORE_SECRET_KEYS,
     TRAINING_PRIORITY_CLASS,
@@ -278,6 +280,10 @@ def test_every_pod_is_locked_down_and_gets_its_settings_by_reference(rendered):
                 "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}, template["name"]
             assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
             assert {"name": "tmp", "emptyDir": {}} in template["volumes"]
+            # A private CA for the store's TLS, when the site has one (optional: pods start without it).
+            assert {"name": STORE_CA_CONFIGMAP, "mountPath": STORE_CA_MOUNT, "readOnly": True} in c["volumeMounts"]
+            assert {"name": STORE_CA_CONFIGMAP, "configMap": {"name": STORE_CA_CONFIGMAP, "optional": True}} \
+                in template["volumes"]
             assert c["command"] == ["liverseg"]
             env = {e["name"]: e for e in c["env"]}
             for var, key in STORE_SECRET_KEYS.items():

@@ -16,6 +16,10 @@ STORE_SECRET = "liverseg-store"
 STORE_SECRET_KEYS: dict[str, str] = {ENV_ACCESS_KEY: "accesskey", ENV_SECRET_KEY: "secretkey"}
 # Non-secret store settings and the Pushgateway address, as LIVERSEG_* variables (env-from on every pod).
 SETTINGS_CONFIGMAP = "liverseg-settings"
+# Optional: the CA certificate of a store whose TLS certificate a private CA signed (key ca.crt). Mounted on every
+# pod when it exists; set LIVERSEG_S3_CA_BUNDLE to STORE_CA_MOUNT + "/ca.crt" in SETTINGS_CONFIGMAP to use it.
+STORE_CA_CONFIGMAP = "liverseg-store-ca"
+STORE_CA_MOUNT = "/etc/liverseg/store-ca"
 # Argo's artifact repository (pod logs are archived there, so podGC can delete pods that succeeded).
 ARTIFACT_REPOSITORIES_CONFIGMAP = "artifact-repositories"
 ARTIFACT_REPOSITORY_KEY = "liverseg"

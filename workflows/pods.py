@@ -1,4 +1,5 @@
-"""What every liverseg pod gets: the image, the store settings, a locked-down container, a writable /tmp.
+"""What every liverseg pod gets: the image, the store settings (and the store's CA, if the site has one), a
+locked-down container, a writable /tmp.
 
 Stage images run ``liverseg`` as uid 10001 on a read-only root filesystem; the only writable place is the /tmp
 emptyDir, which is also where Argo's emissary executor picks up output parameters.
@@ -8,7 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hera.workflows import ConfigMapEnvFrom, Container, EmptyDirVolume, Env, Parameter, Resources, SecretEnv
+from hera.workflows import (
+    ConfigMapEnvFrom,
+    ConfigMapVolume,
+    Container,
+    EmptyDirVolume,
+    Env,
+    Parameter,
+    Resources,
+    SecretEnv,
+)
 from hera.workflows.models import (
     Backoff,
     Capabilities,
@@ -20,7 +30,14 @@ from hera.workflows.models import (
 
 from liverseg.settings import ENV_BUCKET, ENV_HOME, ENV_WORKFLOW
 
-from .cluster import RUN_AS_USER, SETTINGS_CONFIGMAP, STORE_SECRET, STORE_SECRET_KEYS
+from .cluster import (
+    RUN_AS_USER,
+    SETTINGS_CONFIGMAP,
+    STORE_CA_CONFIGMAP,
+    STORE_CA_MOUNT,
+    STORE_SECRET,
+    STORE_SECRET_KEYS,
+)
 
 ENTRYPOINT = "liverseg"
 TMP = "/tmp"
@@ -78,7 +95,9 @@ def liverseg_container(name: str, image_name: str, args: Sequence[str], inputs: 
     ``inputs`` are the template's input parameter names; ``template`` passes any other Hera template field
     (outputs, retries, GPU scheduling, metrics, extra volumes).
     """
-    volumes = [EmptyDirVolume(name="tmp", mount_path=TMP), *template.pop("volumes", [])]
+    volumes = [EmptyDirVolume(name="tmp", mount_path=TMP),
+               ConfigMapVolume(name=STORE_CA_CONFIGMAP, mount_path=STORE_CA_MOUNT, read_only=True, optional=True),
+               *template.pop("volumes", [])]
     return Container(name=name, image=image(image_name), command=[ENTRYPOINT], args=list(args),
                      inputs=[Parameter(name=n) for n in inputs], env=store_env(),
                      env_from=[ConfigMapEnvFrom(name=SETTINGS_CONFIGMAP)],
