@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "liverseg.workflows.preflight",
     "liverseg.workflows.status",
     "liverseg.dicom_cli",
+    "liverseg.deid_cli",
 )
 # Command groups that need neither the stage graph nor the store: dispatched before the full parser is built, so
 # their start-up is Python + numpy only (a module here has ``run(argv)`` besides ``register``).
