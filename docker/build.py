@@ -345,8 +345,9 @@ def build_image(builder: str, dockerfile: Path, tag: str, context: Path, env: di
                           stderr=subprocess.STDOUT if quiet else None)
     if done.returncode != 0:
         raise BuildError(f"building {tag} failed:\n{(done.stdout or '')[-4000:]}")
-    if previous and builder != "docker" and image_info(tag, env)["Id"] != previous:
-        # The image this tag pointed at before, if nothing else uses it (cache layers stay).
+    replaced = previous and builder != "docker" and image_info(tag, env)["Id"] != previous
+    # The image this tag pointed at before, once no tag names it any more (cache layers stay).
+    if replaced and image_exists(previous, env) and not image_info(previous, env).get("RepoTags"):
         subprocess.run(["podman", "rmi", previous], env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
     return round(time.monotonic() - started, 1)
@@ -395,8 +396,10 @@ def build_all(args: argparse.Namespace) -> dict:
         bases[(kind, target)] = tag
 
     rev = revision() if args.revision is None else args.revision
-    for context in contexts.values():
-        (context / "revision").write_text(rev + "\n")
+    for kind, context in contexts.items():
+        # Copied into every stage image (/opt/liverseg/build-info): when it changes, the labels are rebuilt too.
+        (context / "build-info").write_text(f"version={version()}\nrevision={rev}\nflavour={kind}\n"
+                                            f"base_image={gpu_base if kind == 'gpu' else base_image}\n")
     images = {}
     for stage in stages:
         tag = image_tag(stage, args.tag)

@@ -19,9 +19,9 @@ WORKDIR /tmp
 ENTRYPOINT ["liverseg"]
 CMD ["--help"]
 # Last, so that a new commit re-uses every layer above: the version, and the commit every manifest records.
-# The commit is also copied as a file: buildah's layer cache does not see a changed build argument, a changed file
-# it does (so the label and the environment below are never those of an earlier commit).
-COPY revision /opt/liverseg/revision
+# The same facts are also copied as a file: buildah's layer cache does not see a changed build argument, a changed
+# file it does (so the labels and the environment below are never those of an earlier build).
+COPY build-info /opt/liverseg/build-info
 ARG LIVERSEG_BASE
 ARG VERSION=0.0.0
 ARG REVISION=

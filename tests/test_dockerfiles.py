@@ -77,7 +77,7 @@ def test_stage_image_runs_liverseg_as_the_pods_user_and_installs_only_its_extra(
     assert len(installs) == 1 and f"requirements/{stage}.txt" in installs[0] and "--no-index" in installs[0]
     assert "pip check" in installs[0]
     copies = [args.split()[:-1] for op, args in steps if op in ("COPY", "ADD")]
-    assert copies == [[f"requirements/{stage}.txt"], ["revision"]]  # nothing else from the context stays
+    assert copies == [[f"requirements/{stage}.txt"], ["build-info"]]  # nothing else from the context stays
     labels = " ".join(args for op, args in steps if op == "LABEL")
     for key in ("title", "description", "version", "revision", "licenses", "base.name"):
         assert f"org.opencontainers.image.{key}=" in labels
