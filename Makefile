@@ -11,12 +11,14 @@ APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushga
 # helm for the chart tests: a pinned static build, fetched once into the ignored tool cache (charts/fetch_helm.py).
 HELM := .liverseg/tools/helm
 
-.PHONY: help venv tools helm render validate run test test-fast lint bench bench-quality bench-dicom clean
+.PHONY: help venv tools helm render validate run test test-fast lint bench bench-quality bench-dicom clean images test-images
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
 	@echo "make test   - set up, then the whole test suite (starts its own S3 server and tools)"
 	@echo "make lint   - ruff"
+	@echo "make images - the five stage images localhost/liverseg-<stage>:<version> (buildah/podman; BASE_IMAGE=...)"
+	@echo "make test-images - (re)build the images, then run the pipeline in them as the workflow pods would"
 	@echo "make render - Argo WorkflowTemplates/CronWorkflow: the chart's copy, and build/workflows/<overlay>"
 	@echo "make validate - workflows, kustomize overlays and the Helm chart against their schemas"
 	@echo "make bench-quality - seed vs default held-out Dice under the same CPU budget -> bench-results/quality.json"
@@ -47,7 +49,7 @@ run: venv
 
 test: venv tools helm
 	$(PY) -m ruff check services workflows tests
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not images"
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
@@ -94,3 +96,16 @@ lint: venv
 clean:
 	-$(PY) -m liverseg store down
 	rm -rf .liverseg bench-results
+
+# Stage images (docker/). BASE_IMAGE=local builds a Debian bookworm base with debootstrap (no registry needed);
+# elsewhere e.g. `make images BASE_IMAGE=python:3.11-slim`, and BASE_IMAGE_GPU=<CUDA runtime image> for the train
+# and infer images. The wheelhouse and build context are cached under .liverseg/images (see docker/build.py).
+BASE_IMAGE ?= local
+IMAGE_ENV = BASE_IMAGE='$(BASE_IMAGE)' BASE_IMAGE_GPU='$(BASE_IMAGE_GPU)' TORCH_SPEC='$(TORCH_SPEC)' \
+  TORCH_SPEC_GPU='$(TORCH_SPEC_GPU)' IMAGE_TAG='$(IMAGE_TAG)'
+images: venv
+	$(IMAGE_ENV) $(PY) docker/build.py
+
+# The image tests build (or re-use) the images themselves; under CI=true they install podman/buildah if missing.
+test-images: venv
+	$(IMAGE_ENV) $(PY) -m pytest -q -m images tests/test_images.py
