@@ -458,7 +458,7 @@ def test_exit_handler_and_study_inference_ran_in_their_images(container_run, tmp
     assert np.asarray(mask.dataobj).sum() > 0
 
 
-def test_stage_logs_are_json_lines_without_secrets(container_run):
+def test_stage_logs_hold_no_secret_and_no_traceback(container_run):
     secret = container_run.ctr.settings.secret_key
     lines = [line for o in container_run.outcomes.values() for line in o["stderr"].splitlines() if line.strip()]
     assert len(lines) > 30
