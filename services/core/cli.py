@@ -14,7 +14,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
 from .graph import PIPELINE
 
 EXIT_USAGE = 2
@@ -165,6 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__  # resolved on first use: the fast commands start without importlib.metadata
     from .settings import home
 
     parser = argparse.ArgumentParser(
