@@ -14,11 +14,12 @@ import numpy as np
 import pydicom
 from conftest import shared_data_or_skip
 
-from liverseg.imaging.geometry import LPS_FROM_RAS, Volume
+from liverseg.imaging.geometry import Volume
 
 TCIA = "tcia_pancreas_ct_cb001_dicom"
 DCMQI = "dcmqi_ct3slice_liver"
 # dciodvfy warnings our objects may carry, each justified in docs/DICOM.md ("dciodvfy warnings").
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS+ <-> LPS+ (the same flip both ways)
 ALLOWED_WARNINGS = (
     "Missing attribute or value that would be needed to build DICOMDIR - Study Date",
     "Missing attribute or value that would be needed to build DICOMDIR - Study Time",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -127,3 +129,19 @@ def test_group_splits_a_folder_into_series_and_reports_each(tmp_path):
     other = liverseg("dicom", "group", source, out, "--size", "4")
     assert other.returncode == 1 and "not overwritten" in other.stderr
     assert mtimes(out / a["folder"]) == written
+
+
+def test_plain_ct_converts_without_importing_numpy(tmp_path):
+    """The start-up budget of the two converters (docs/DICOM.md, make bench-dicom): on uncompressed CT slices and an
+    int16 NIfTI neither imports numpy (nor importlib.metadata for to-nifti); the outputs are complete."""
+    series = rewrite(tcia_files()[:5], tmp_path / "series")[0].parent
+    probe = ("import sys; from liverseg.cli import main; code = main(sys.argv[1:]); "
+             "print(sorted(m for m in ('numpy', 'importlib.metadata') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe, "dicom", "to-nifti", str(series), str(tmp_path / "ct.nii")],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
+    done = subprocess.run([sys.executable, "-c", probe, "dicom", "from-nifti", str(tmp_path / "ct.nii"),
+                           str(tmp_path / "dicom")], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "['importlib.metadata']"  # the code version is part of the UIDs
+    back = nib.load(tmp_path / "ct.nii")
+    assert back.shape == (512, 512, 5) and len(list((tmp_path / "dicom" / "ct").iterdir())) == 5

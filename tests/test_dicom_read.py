@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import struct
+import threading
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -15,7 +17,7 @@ from pydicom.uid import (
 )
 
 from liverseg.errors import InputError
-from liverseg.imaging import dicom_read, dicom_scan
+from liverseg.imaging import dicom_pixels, dicom_read, dicom_scan
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +232,96 @@ def test_scanner_skips_nested_undefined_length_sequences():
     found = dicom_scan.scan(b"\0" * 128 + b"DICM" + meta + body, frozenset({0x00080060, 0x00280010, 0x00080100}))
     assert found.values == {0x00020010: b"1.2.840.10008.1.2.1\0", 0x00080060: b"CT", 0x00280010: b"\4\0"}
     assert found.pixel_length == 8
+
+
+# -- DICOM -> NIfTI file: the byte copy (no numpy) and the decoding path write the same voxels ----------------
+DECODE_TO_NIFTI = dicom_pixels.write_nifti
+
+
+def nifti_both_ways(files, out_dir, monkeypatch) -> tuple[bytes, bytes, bool]:
+    """(what ``write_nifti`` writes, what the numpy decoding writes for the same stack, whether the byte copy was
+    taken). ``out_dir/ours.nii`` is ours."""
+    ordered, _ = dicom_read.read_stack(files)
+    decoded = []
+
+    def record(*args):
+        decoded.append(True)
+        return DECODE_TO_NIFTI(*args)
+
+    monkeypatch.setattr(dicom_pixels, "write_nifti", record)
+    ours = dicom_read.write_nifti(ordered, out_dir / "ours.nii").read_bytes()
+    reference = DECODE_TO_NIFTI(ordered, out_dir / "decoded.nii", dicom_read.stored_form(ordered)).read_bytes()
+    return ours, reference, not decoded
+
+
+def hu_of(path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_clean_slices_are_copied_as_stored_with_the_rescale_as_scl(four_slices, tmp_path, monkeypatch):
+    files, expected = four_slices
+    ours, decoded, copied = nifti_both_ways(files, tmp_path, monkeypatch)
+    assert copied and ours == decoded
+    img = nib.load(tmp_path / "ours.nii")
+    assert img.get_data_dtype() == np.int16 and (img.dataobj.slope, img.dataobj.inter) == (1.0, -1000.0)
+    np.testing.assert_array_equal(hu_of(tmp_path / "ours.nii"), expected.array)
+    np.testing.assert_allclose(img.affine, expected.affine, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["unsigned_garbage", "signed_clean", "signed_garbage", "signed_16"])
+def test_unused_high_bits_decide_between_copy_and_decoding(kind, four_slices, tmp_path, monkeypatch):
+    """Bits 12-15 copied only when they already are what PS3.5 8.1.1 makes of them (zero, or the sign); otherwise
+    the slices are decoded (masked, sign-extended). The voxels are the same either way."""
+    files, expected = four_slices
+    hu = np.clip(expected.array, -2048, 2047)  # what 12-bit signed storage can hold
+
+    def edit(ds, i):
+        raw = np.frombuffer(ds.PixelData, "<u2")
+        if kind == "unsigned_garbage":
+            ds.PixelData = (raw | np.uint16(0xF000)).tobytes()
+            return
+        stored = np.clip(raw.astype(np.int32) - 1000, -2048, 2047)
+        ds.PixelRepresentation, ds.RescaleIntercept = 1, 0
+        if kind == "signed_16":
+            ds.BitsStored, ds.HighBit = 16, 15
+        bits = (stored & 0x0FFF) | 0xA000 if kind == "signed_garbage" else stored
+        ds.PixelData = (bits & 0xFFFF).astype("<u2").tobytes()
+
+    out = rewrite(files, tmp_path / kind, edit=edit)
+    ours, decoded, copied = nifti_both_ways(out, tmp_path, monkeypatch)
+    assert copied == (kind in ("signed_clean", "signed_16"))
+    assert ours == decoded
+    want = expected.array if kind == "unsigned_garbage" else hu
+    np.testing.assert_array_equal(hu_of(tmp_path / "ours.nii"), want)
+
+
+def test_per_slice_rescales_and_compressed_slices_are_decoded(four_slices, tmp_path, monkeypatch):
+    files, expected = four_slices
+
+    def shift(ds, i):  # one intercept per slice: no single scl_inter, so the file holds HU
+        ds.RescaleIntercept = -1000 - 10 * i
+        ds.PixelData = (np.frombuffer(ds.PixelData, "<u2") + np.uint16(10 * i)).tobytes()
+
+    ours, decoded, copied = nifti_both_ways(rewrite(files, tmp_path / "ic", edit=shift), tmp_path, monkeypatch)
+    assert not copied and ours == decoded
+    img = nib.load(tmp_path / "ours.nii")
+    assert img.get_data_dtype() == np.int16 and (img.dataobj.slope, img.dataobj.inter) == (1.0, 0.0)
+    np.testing.assert_array_equal(hu_of(tmp_path / "ours.nii"), expected.array)
+    # A compressed copy of the series gives the very file the uncompressed series gives.
+    plain, _, _ = nifti_both_ways(files, tmp_path, monkeypatch)
+    compressed = rewrite(files, tmp_path / "j2k", edit=lambda ds, i: ds.compress(JPEG2000Lossless))
+    ours, _, copied = nifti_both_ways(compressed, tmp_path, monkeypatch)
+    assert not copied and ours == plain
+
+
+def test_a_slice_cut_short_while_copying_is_an_error_naming_it(four_slices, tmp_path):
+    files, _ = four_slices
+    out = rewrite(files, tmp_path / "cut")
+    ordered, _ = dicom_read.read_stack(out)
+    threads = threading.active_count()
+    ordered[2].path.write_bytes(ordered[2].path.read_bytes()[:-1000])  # after its header was read
+    with pytest.raises(InputError, match="pixel data is cut short") as caught:
+        dicom_read.write_nifti(ordered, tmp_path / "x.nii")
+    assert caught.value.file == ordered[2].path.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut"]  # nothing half-written, no temporary left
+    assert threading.active_count() == threads  # the read-ahead thread is gone

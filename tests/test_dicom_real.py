@@ -108,7 +108,10 @@ def test_tcia_to_nifti_equals_dcm2niix(tcia):
     ref_data, ref_affine = canonical(tcia["reference"])
     np.testing.assert_array_equal(ours_data, ref_data)
     assert np.abs(ours_affine - ref_affine).max() <= 1e-3
-    assert nib.load(out).get_data_dtype() == np.int16  # HU, unscaled
+    # Stored the way dcm2niix stores it: the slices' int16 values, their rescale as scl_slope/scl_inter.
+    ours, ref = nib.load(out), tcia["reference"]
+    assert ours.get_data_dtype() == ref.get_data_dtype() == np.int16
+    assert (ours.dataobj.slope, ours.dataobj.inter) == (ref.dataobj.slope, ref.dataobj.inter) == (1.0, -1000.0)
 
 
 def test_tcia_nifti_to_dicom_to_nifti_is_lossless_and_valid(tcia):

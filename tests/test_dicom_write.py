@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import io
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import assert_valid_dicom
+from dicom_helpers import LPS_FROM_RAS, assert_valid_dicom
 
-from helpers import assert_same_volume
+from helpers import assert_same_volume, in_grid_of
 from liverseg.convert.stage import nifti_to_dicom
 from liverseg.errors import InputError
-from liverseg.imaging import dicom_read, dicom_write
-from liverseg.imaging.geometry import LPS_FROM_RAS, Volume
+from liverseg.imaging import dicom_read, dicom_write, nifti, nifti1
+from liverseg.imaging.geometry import Volume
 
 INFO = dicom_write.SeriesInfo(patient_id="case_w", uid_namespace="ns-write")
 
@@ -195,3 +196,63 @@ def test_seg_beside_the_series_is_valid_and_aligned(tmp_path):
     from liverseg.group.stage import group_series
     grouped = group_series(sorted((tmp_path / "ct").glob("*.dcm")), tmp_path / "seg.dcm", GroupConfig(size=7))
     assert_same_volume(Volume(label, image.affine), Volume(grouped.label, grouped.volume.affine))
+
+
+# -- NIfTI voxels that already are CT stored values: encoded from their bytes, without numpy ----------------
+def nifti_file(path, array, affine, *, dtype=np.int16, endianness="<", scaling=None):
+    img = nib.Nifti1Image(array, affine, header=nib.Nifti1Header(endianness=endianness))
+    img.set_data_dtype(dtype)
+    if scaling is not None:
+        img.header.set_slope_inter(*scaling)
+    nib.save(img, path)
+    return path
+
+
+def encoded(path) -> tuple[dicom_write.EncodedSeries | None, dicom_write.EncodedSeries]:
+    """(from the bytes as stored, or None when the voxels are not CT stored values; from the decoded volume)."""
+    header, voxels, _ = nifti1.read_checked(path)
+    stored = dicom_write.encode_stored(header, voxels, INFO) if dicom_write.stored_rescale(header) else None
+    return stored, dicom_write.encode_series(nifti.load_fast(path), INFO)
+
+
+def files_of(series) -> list[bytes]:
+    return [series.file_bytes(k) for k in range(len(series.parts))]
+
+
+@pytest.mark.parametrize("orientation", ["lps", "sagittal", "oblique_left_handed"])
+def test_unscaled_int16_bytes_as_stored_equal_the_decoded_encoding(orientation, tmp_path):
+    affine = affine_of(ORIENTATIONS[orientation], (0.7, 0.82, 2.5), (-101.25, 37.5, -412.0))
+    little = nifti_file(tmp_path / "le.nii", ramp(), affine)
+    big = nifti_file(tmp_path / "be.nii.gz", ramp(), affine, endianness=">")
+    assert nifti1.read(big)[0].dtype == ">i2"
+    stored, decoded = encoded(little)
+    assert files_of(stored) == files_of(decoded)
+    assert files_of(encoded(big)[0]) == files_of(decoded)
+
+
+@pytest.mark.parametrize(("dtype", "scaling", "signed"), [(np.int16, (1.0, -1024.0), 1), (np.uint16, (1.0, 0.0), 0),
+                                                          (np.int16, (0.5, -1000.0), 1)])
+def test_stored_values_keep_their_scaling_as_the_rescale(dtype, scaling, signed, tmp_path):
+    """dcm2niix-style NIfTI (stored values, scl_slope/scl_inter) become the pixel data and the Rescale as they are."""
+    raw = np.abs(ramp()) if dtype == np.uint16 else ramp()
+    path = nifti_file(tmp_path / "s.nii", raw, np.diag([-0.8, -0.8, 2.5, 1.0]), dtype=dtype, scaling=scaling)
+    stored, _ = encoded(path)
+    paths = stored.write(tmp_path / "ct")
+    ds = pydicom.dcmread(paths[0])
+    assert (float(ds.RescaleSlope), float(ds.RescaleIntercept), ds.PixelRepresentation) == (*scaling, signed)
+    np.testing.assert_array_equal(ds.pixel_array, raw[:, :, 0].T)
+    volume, _, _ = dicom_read.series_to_volume(paths)
+    assert_same_volume(nifti.load_fast(path), volume)
+    assert_valid_dicom(paths[:1])
+
+
+def test_scaling_ds_cannot_hold_and_other_types_go_through_choose_rescale(tmp_path):
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    inexact = nifti_file(tmp_path / "i.nii", ramp(), affine, scaling=(0.1, 0.0))  # float32 0.1: 17 digits
+    floats = nifti_file(tmp_path / "f.nii", ramp().astype(np.float32), affine, dtype=np.float32)
+    for path in (inexact, floats):
+        stored, decoded = encoded(path)
+        assert stored is None  # choose_rescale: uint16 spread over the range, |error| <= slope / 2
+        back = dicom_read.series_to_volume(decoded.write(tmp_path / path.stem))[0]
+        slope = float(pydicom.dcmread(tmp_path / path.stem / "0001.dcm").RescaleSlope)
+        np.testing.assert_allclose(in_grid_of(nifti.load_fast(path), back), back.array, atol=slope / 2 + 1e-3)

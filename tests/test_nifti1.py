@@ -32,7 +32,7 @@ AFFINES = [np.diag([-0.8, -0.8, 2.5, 1.0]), np.diag([0.7, 0.7, 1.0, 1.0]),
 def test_written_files_read_the_same_in_nibabel(index, suffix, tmp_path):
     affine = AFFINES[index]
     array = np.asfortranarray(rng.integers(-1000, 2000, size=(9, 7, 5)).astype(np.int16))
-    path = nifti1.write(tmp_path / f"x{suffix}", array, affine)
+    path = nifti.save_fast(tmp_path / f"x{suffix}", Volume(array, affine))
     img = nib.load(path)
     assert img.header["sizeof_hdr"] == 348 and int(img.header["qform_code"]) == int(img.header["sform_code"]) == 1
     np.testing.assert_allclose(img.header.get_sform(), affine, atol=1e-4)
@@ -103,14 +103,15 @@ def test_nifti2_and_4d_fall_back_or_fail_like_nibabel(tmp_path):
 
 
 def test_broken_files_are_input_errors(tmp_path):
-    path = nifti1.write(tmp_path / "ok.nii.gz", rng.integers(0, 9, size=(32, 32, 8)).astype(np.int16), AFFINES[0])
+    path = nifti.save_fast(tmp_path / "ok.nii.gz", Volume(rng.integers(0, 9, size=(32, 32, 8)).astype(np.int16),
+                                                          AFFINES[0]))
     (tmp_path / "cut.nii.gz").write_bytes(path.read_bytes()[:200])
     with pytest.raises(InputError, match="not a readable NIfTI") as caught:
         nifti.load_fast(tmp_path / "cut.nii.gz")
     assert caught.value.file == "cut.nii.gz"
     nan = np.ones((4, 4, 3), np.float32)
     nan[1, 1, 1] = np.nan
-    nifti1.write(tmp_path / "nan.nii", nan, AFFINES[0])
+    nifti.save_fast(tmp_path / "nan.nii", Volume(nan, AFFINES[0]))
     with pytest.raises(InputError, match="1 NaN/Inf voxels"):
         nifti.load_fast(tmp_path / "nan.nii")
 
@@ -123,3 +124,34 @@ def test_save_fast_and_save_agree(tmp_path):
     np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
     np.testing.assert_allclose(a.header.get_qform(), b.header.get_qform(), atol=1e-5)
     assert a.header.get_xyzt_units() == b.header.get_xyzt_units()
+
+
+@pytest.mark.parametrize("shear", [0.0, 0.05, 0.4])
+@pytest.mark.parametrize("left_handed", [False, True])
+def test_qform_of_any_affine_is_nibabels(shear, left_handed):
+    """The header's quaternion comes from the nearest rotation (pure-Python polar decomposition): the same as
+    nibabel's SVD, for orthogonal grids and for skewed ones a qform can only approximate."""
+    affine = random_affine(left_handed)
+    affine[:3, 1] += shear * affine[:3, 0]
+    ref = nib.Nifti1Header()
+    ref.set_qform(affine, code=1)
+    qfac, bcd, zooms = nifti1.qform_fields(affine)
+    assert qfac == ref["pixdim"][0]
+    np.testing.assert_allclose(bcd, [float(ref[f]) for f in ("quatern_b", "quatern_c", "quatern_d")], atol=1e-6)
+    np.testing.assert_allclose(zooms, np.linalg.norm(affine[:3, :3], axis=0), rtol=1e-12)
+
+
+def test_writer_streams_chunks_and_leaves_nothing_when_they_fail(tmp_path):
+    array = np.asfortranarray(rng.integers(-9, 9, size=(4, 3, 5)).astype(np.int16))
+    slices = [np.ascontiguousarray(array[:, :, k].T) for k in range(5)]
+    path = nifti1.write(tmp_path / "s.nii.gz", array.shape, "<i2", AFFINES[0], slices, slope=1.0, inter=-1000.0)
+    img = nib.load(path)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), array.astype(np.float64) - 1000)
+
+    def failing():
+        yield slices[0]
+        raise RuntimeError("source vanished")
+
+    with pytest.raises(RuntimeError, match="vanished"):
+        nifti1.write(tmp_path / "f.nii", array.shape, "<i2", AFFINES[0], failing())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.nii.gz"]

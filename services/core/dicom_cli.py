@@ -23,7 +23,9 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p = actions.add_parser("to-nifti", help="one CT series folder -> NIfTI (.nii or .nii.gz)",
                            description="Read the one CT series in SERIES_DIR (any file names, any order; JPEG 2000, "
                                        "JPEG-LS, JPEG lossless, RLE and deflate decoded), order it along the slice "
-                                       "normal, check it, and write it as NIfTI in HU.")
+                                       "normal, check it, and write it as NIfTI: the slices' stored values with "
+                                       "their rescale as scl_slope/scl_inter, as dcm2niix does (readers apply it: "
+                                       "HU), or HU when the slices' rescales differ.")
     p.add_argument("series_dir", type=Path, metavar="SERIES_DIR")
     p.add_argument("out", type=Path, metavar="OUT.nii.gz")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists with other content")

@@ -1,38 +1,47 @@
 """The ``liverseg dicom`` tools as functions: DICOM series → NIfTI, NIfTI (+ label) → DICOM CT + SEG, and a
 folder of series → fixed-size slice groups with a JSON report.
 
-They use the same imaging code as the convert and group stages, without the store. Each raises ``InputError``
+They use the same imaging code as the convert and group stages, without the store. Start-up time counts for
+these commands (``to-nifti`` is compared with dcm2niix as a whole process), so modules only some of them need
+(hashlib, tempfile, numpy) are imported where used. Each raises ``InputError``
 (naming the file and the reason) for bad data, and never overwrites: an output that exists with the same
 content is left as it is (a re-run is a no-op), one that exists with other content is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import __version__
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .imaging.dicom_write import EncodedSeries, SeriesInfo
+    from .imaging.geometry import Grid, Volume
 
 ENV_CODE_VERSION = "LIVERSEG_CODE_VERSION"  # the same variable ``manifest.code_version`` reads
 
 
 def code_version() -> str:
     """``manifest.code_version()`` without importing the store client (start-up time of the tools)."""
+    from . import __version__  # resolved on first use (importlib.metadata): to-nifti never needs it
+
     commit = os.environ.get(ENV_CODE_VERSION)
     return f"{__version__}+{commit}" if commit else __version__
 
 
 def file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    import hashlib
+
+    from .imaging.nifti1 import map_file
+
+    return hashlib.sha256(map_file(path)).hexdigest()
 
 
 class OutputExists(InputError):
@@ -51,27 +60,34 @@ class ToNiftiResult:
 
 
 def to_nifti(series_dir: Path, out: Path, *, overwrite: bool = False) -> ToNiftiResult:
-    """The one CT series in ``series_dir`` as a NIfTI volume (int16 HU when exact, else float32), ordered along
-    the slice normal, with qform and sform set."""
-    from .imaging import dicom_read, nifti
+    """The one CT series in ``series_dir`` as a NIfTI volume ordered along the slice normal, qform and sform set:
+    the stored values with the series' rescale as scl_slope/scl_inter when the slices share one (as dcm2niix
+    writes), else HU (see ``dicom_read.write_nifti``)."""
+    from .imaging import dicom_read, geometry
 
-    files = dicom_read.series_files(series_dir)
-    volume, report, ordered = dicom_read.series_to_volume(files)
     out = Path(out)
     if not out.name.endswith((".nii", ".nii.gz")):
         raise InputError(f"output {out.name} must end in .nii or .nii.gz")
-    result = ToNiftiResult(out, volume.array.shape, tuple(round(s, 6) for s in volume.spacing), len(ordered),
-                           report.notes)
+    ordered, report = dicom_read.read_stack(dicom_read.series_files(series_dir))
+    spacing = geometry.spacing(dicom_read.stack_affine(ordered))
+    result = ToNiftiResult(out, (ordered[0].columns, ordered[0].rows, len(ordered)),
+                           tuple(round(s, 6) for s in spacing), len(ordered), report.notes)
     if out.exists() and not overwrite:
         # Compare with what we would write: identical is a no-op, anything else is refused.
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            fresh = nifti.save_fast(Path(tmp) / out.name, volume)
-            if fresh.read_bytes() != out.read_bytes():
+        fresh = dicom_read.write_nifti(ordered, out.with_name(f".new-{os.getpid()}-{out.name}"))  # same suffix
+        try:
+            if not _same_bytes(fresh, out):
                 raise OutputExists(f"{out} exists with other content; not overwritten (remove it, or --force)")
+        finally:
+            fresh.unlink()
         result.unchanged = True
         return result
-    nifti.save_fast(out, volume)
+    dicom_read.write_nifti(ordered, out)
     return result
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
 # -- NIfTI → DICOM -------------------------------------------------------------------------------------------
@@ -98,23 +114,28 @@ def from_nifti(image_path: Path, out_dir: Path, *, label_path: Path | None = Non
     """Write ``out_dir/ct/0001.dcm…`` (CT Image Storage) and, with a label, ``out_dir/seg.dcm`` (DICOM SEG)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .imaging import dicom_write, nifti
+    from .imaging import dicom_write
 
     inputs = [Path(p) for p in (image_path, label_path) if p is not None]
     with ThreadPoolExecutor(1) as pool:
         # Hash the input files (for the UIDs) while they are decoded: hashlib releases the GIL.
         hashing = {p: pool.submit(file_sha256, p) for p in inputs if p.is_file()}
-        image = nifti.load_fast(image_path, kind="image")
-        label = nifti.load_fast(label_path, kind="label") if label_path else None
+        grid, encode = _image_encoder(Path(image_path))
+        label = None
+        if label_path:
+            from .imaging import nifti
+
+            label = nifti.load_fast(label_path, kind="label")
+        code_version()  # resolved now (importlib.metadata, ~40 ms) while the hash runs, not after it
         digests = {p: f.result() for p, f in hashing.items()}
     namespace = uid_namespace(Path(image_path), Path(label_path) if label_path else None, namespace, digests=digests)
     values = None
     if label is not None:
         from .imaging.label import check_label
 
-        values = check_label(label, image)
+        values = check_label(label, grid)
     patient = patient_id or re.sub(r"\.nii(\.gz)?$", "", Path(image_path).name)[:64] or "anonymous"
-    series = dicom_write.encode_series(image, dicom_write.SeriesInfo(patient_id=patient, uid_namespace=namespace))
+    series = encode(dicom_write.SeriesInfo(patient_id=patient, uid_namespace=namespace))
     out_dir = Path(out_dir)
     ct_dir, seg_path = out_dir / "ct", out_dir / "seg.dcm"
     seg_bytes = None
@@ -139,6 +160,31 @@ def from_nifti(image_path: Path, out_dir: Path, *, label_path: Path | None = Non
     elif overwrite and seg_path.exists():
         seg_path.unlink()
     return result
+
+
+def _image_encoder(path: Path) -> tuple[Volume | Grid, Callable[[SeriesInfo], EncodedSeries]]:
+    """The image's grid (what a label is checked against) and the function that encodes it as a CT series.
+
+    A NIfTI whose voxels already are CT stored values (``dicom_write.stored_rescale``: int16/uint16, every CT
+    NIfTI we have met) is encoded from its bytes as they are, without numpy; any other is loaded as a ``Volume``
+    (numpy; nibabel for variants ``nifti1`` does not read) and its HU stored as ``choose_rescale`` decides.
+    """
+    from .imaging import dicom_write, nifti1
+    from .imaging.geometry import Grid
+
+    try:
+        header, voxels, affine = nifti1.read_checked(path, kind="image")
+    except nifti1.Unsupported:
+        header = None
+    if header is not None and dicom_write.stored_rescale(header) is not None:
+        return Grid(header.shape, affine), lambda info: dicom_write.encode_stored(header, voxels, info)
+    from .imaging import nifti
+
+    if header is None:
+        volume = nifti.load(path, kind="image")
+    else:
+        volume = nifti.volume_of(header, voxels, affine, kind="image", file=path.name)
+    return volume, lambda info: dicom_write.encode_series(volume, info)
 
 
 def _same_seg_file(path: Path, fresh: bytes) -> bool:
@@ -173,6 +219,8 @@ def _safe(text: str) -> str:
 
 def series_folder_name(first) -> str:
     """A stable folder name per series: its number and a hash of its key (UIDs, or geometry when they are empty)."""
+    import hashlib
+
     digest = hashlib.sha256("|".join(first.series_key).encode()).hexdigest()[:10]
     number = _safe(first.series_number) if first.series_number else "x"
     return f"series{number}-{digest}"
@@ -222,6 +270,9 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
 
 def _group_one(members, series_dir: Path, out_dir: Path, size: int, remainder: str, dicom_read, grouping
                ) -> dict[str, Any]:
+    import hashlib
+    import tempfile
+
     from .imaging import nifti
 
     ordered = dicom_read.sort_by_position(members)

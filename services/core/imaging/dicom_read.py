@@ -6,10 +6,11 @@ with even spacing (within ``SPACING_TOL``) before it becomes a volume; each prob
 the file.
 
 Speed (see docs/DICOM.md): headers are scanned by ``dicom_scan`` from the first 16 KiB of each file, without
-pydicom; uncompressed pixel data is read straight into the volume's memory (one ``readinto`` per slice, in
-threads) and turned into HU in place. Compressed transfer syntaxes (JPEG 2000, JPEG-LS, JPEG lossless, RLE) and
-data sets the scanner leaves alone (Deflated, Big Endian, no preamble) go through pydicom and its pylibjpeg
-handlers; the result is the same array either way.
+pydicom, and everything up to the NIfTI file is plain Python: this module does not import numpy. ``write_nifti``
+copies uncompressed little-endian slices into the NIfTI file byte for byte when those bytes are the stored values
+(the common CT case), with the series' one rescale as ``scl_slope``/``scl_inter``, as dcm2niix does. Anything else
+(compressed transfer syntaxes, unused high bits to mask, per-slice rescales) and every volume in memory
+(``stack_to_volume``) is decoded by ``dicom_pixels`` with numpy; the result is the same voxels either way.
 
 HU are ``stored value × RescaleSlope + RescaleIntercept``, whatever the Photometric Interpretation: MONOCHROME1
 only tells a viewer to show low values white (PS3.3 C.7.6.3.1.2, applied after the modality transform), so it
@@ -18,18 +19,19 @@ does not change HU and is not inverted here.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import InputError
-from . import dicom_scan
-from .geometry import Volume, affine_from_slices
+from . import dicom_scan, nifti1
+from .geometry import Affine, Vec, Volume, affine_from_slices, cross, dot, norm, scaled, sub
 
 # Relative spread of slice steps accepted as "even"; beyond it the stack is not a regular grid.
 SPACING_TOL = 0.01
@@ -41,7 +43,9 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 # Bytes read for a header scan; a longer header (large private blocks) makes the reader take the whole file.
 HEAD_BYTES = 16384
-IO_THREADS = 4
+# Pixel bytes checked at a time by the byte-copy path: its temporaries stay below malloc's mmap threshold (128 KiB),
+# so they reuse memory instead of faulting in fresh pages for every slice (half the time of whole-slice checks here).
+CHECK_BYTES = 1 << 16
 
 # Top-level tags the reader needs (group << 16 | element).
 MEDIA_SOP_CLASS, MEDIA_SOP_INSTANCE = 0x00020002, 0x00020003
@@ -64,9 +68,9 @@ class SliceHeader:
     """One file's header, with what the reader needs parsed. ``ds`` gives the full pydicom data set (slow)."""
 
     path: Path
-    orientation: np.ndarray    # (6,) row then column direction cosines, LPS
-    position: np.ndarray       # (3,) ImagePositionPatient, LPS mm
-    pixel_spacing: np.ndarray  # (2,) [Δrow, Δcol] mm
+    orientation: tuple[float, ...]     # 6: row then column direction cosines, LPS
+    position: Vec                      # ImagePositionPatient, LPS mm
+    pixel_spacing: tuple[float, float]  # [Δrow, Δcol] mm
     rows: int
     columns: int
     sop_instance_uid: str      # from the data set, else from the file meta information
@@ -99,8 +103,8 @@ class SliceHeader:
         return self._dataset
 
     @property
-    def normal(self) -> np.ndarray:
-        return np.cross(self.orientation[:3], self.orientation[3:])
+    def normal(self) -> Vec:
+        return cross(self.orientation[:3], self.orientation[3:])
 
     @property
     def series_key(self) -> tuple[str, ...]:
@@ -226,10 +230,9 @@ def _header(path: Path, fields, transfer_syntax: str, pixel_offset: int | None, 
     cosines = _floats(fields, ORIENTATION, "ImageOrientationPatient", 6, file)
     row, col = cosines[:3], cosines[3:]
     norm_row, norm_col = math.hypot(*row), math.hypot(*col)
-    dot = row[0] * col[0] + row[1] * col[1] + row[2] * col[2]
-    if abs(norm_row - 1) > 1e-2 or abs(norm_col - 1) > 1e-2 or abs(dot) > 1e-2:
+    if abs(norm_row - 1) > 1e-2 or abs(norm_col - 1) > 1e-2 or abs(dot(row, col)) > 1e-2:
         raise InputError("ImageOrientationPatient is not two orthogonal unit vectors", file=file)
-    orientation = np.array([*(v / norm_row for v in row), *(v / norm_col for v in col)])
+    orientation = (*(v / norm_row for v in row), *(v / norm_col for v in col))
     spacing = _floats(fields, PIXEL_SPACING, "PixelSpacing", 2, file)
     if min(spacing) <= 0:
         raise InputError(f"PixelSpacing {spacing} is not positive", file=file)
@@ -239,8 +242,8 @@ def _header(path: Path, fields, transfer_syntax: str, pixel_offset: int | None, 
     thickness = _number(fields, SLICE_THICKNESS, "SliceThickness", None, file)
     return SliceHeader(
         path=path, orientation=orientation,
-        position=np.array(_floats(fields, POSITION, "ImagePositionPatient", 3, file)),
-        pixel_spacing=np.array(spacing), rows=rows, columns=columns,
+        position=tuple(_floats(fields, POSITION, "ImagePositionPatient", 3, file)),
+        pixel_spacing=tuple(spacing), rows=rows, columns=columns,
         sop_instance_uid=fields.text(SOP_INSTANCE) or fields.text(MEDIA_SOP_INSTANCE),
         study_uid=fields.text(STUDY_UID), series_uid=fields.text(SERIES_UID),
         frame_of_reference_uid=fields.text(FRAME_OF_REFERENCE), series_number=fields.text(SERIES_NUMBER),
@@ -342,7 +345,13 @@ def single_series(headers: Sequence[SliceHeader]) -> list[SliceHeader]:
 
 def sort_by_position(headers: Sequence[SliceHeader]) -> list[SliceHeader]:
     normal = headers[0].normal
-    return sorted(headers, key=lambda h: float(h.position @ normal))
+    return sorted(headers, key=lambda h: dot(h.position, normal))
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def check_stack(ordered: Sequence[SliceHeader]) -> SeriesReport:
@@ -350,42 +359,42 @@ def check_stack(ordered: Sequence[SliceHeader]) -> SeriesReport:
     first = ordered[0]
     problems, notes = [], []
     for h in ordered[1:]:
-        if np.max(np.abs(h.orientation - first.orientation)) > ORIENTATION_TOL:
+        if max(abs(a - b) for a, b in zip(h.orientation, first.orientation, strict=True)) > ORIENTATION_TOL:
             problems.append(f"mixed orientations: {h.path.name} differs from {first.path.name}")
             break
         if (h.rows, h.columns) != (first.rows, first.columns) or \
-                np.max(np.abs(h.pixel_spacing - first.pixel_spacing)) > 1e-4:
+                max(abs(a - b) for a, b in zip(h.pixel_spacing, first.pixel_spacing, strict=True)) > 1e-4:
             problems.append(f"mixed pixel grids: {h.path.name} differs from {first.path.name}")
             break
     thickness = first.slice_thickness
     if len(ordered) < 2:
         return SeriesReport(len(ordered), thickness or 1.0, thickness, problems, notes)
     normal = first.normal
-    offsets = np.array([h.position - first.position for h in ordered])
-    along = offsets @ normal
+    offsets = [sub(h.position, first.position) for h in ordered]
+    along = [dot(o, normal) for o in offsets]
     # A stack may run against the normal (listing order): measure steps in its own direction.
     direction = 1.0 if along[-1] >= along[0] else -1.0
-    steps = np.diff(along) * direction
-    typical = float(np.median(steps))
-    dupes = [ordered[i + 1].path.name for i in np.flatnonzero(np.abs(steps) < 1e-3)]
+    steps = [(b - a) * direction for a, b in itertools.pairwise(along)]
+    typical = _median(steps)
+    dupes = [ordered[i + 1].path.name for i, step in enumerate(steps) if abs(step) < 1e-3]
     if dupes:
         problems.append(f"duplicate slice positions: {', '.join(dupes[:5])}"
                         f"{f' and {len(dupes) - 5} more' if len(dupes) > 5 else ''}")
     elif abs(typical) < 1e-6:
         problems.append("slices do not advance along their normal")
     else:
-        gaps = np.flatnonzero(steps > GAP_FACTOR * typical)
-        if gaps.size:
+        gaps = [i for i, step in enumerate(steps) if step > GAP_FACTOR * typical]
+        if gaps:
             problems.append(f"missing slices: gap of {steps[gaps[0]]:.3f} mm (typical {typical:.3f} mm) after "
                             f"{ordered[gaps[0]].path.name}")
-        elif np.any(steps <= 0):
+        elif min(steps) <= 0:
             problems.append("slices go back and forth along the normal (not one contiguous stack in this order)")
-        elif (steps.max() - steps.min()) > SPACING_TOL * typical:
-            problems.append(f"uneven slice spacing: {steps.min():.4f}–{steps.max():.4f} mm")
+        elif (max(steps) - min(steps)) > SPACING_TOL * typical:
+            problems.append(f"uneven slice spacing: {min(steps):.4f}–{max(steps):.4f} mm")
         # Each slice should sit on the line through the first along the normal; off it means a tilted gantry.
-        lateral = np.linalg.norm(offsets - along[:, None] * normal[None, :], axis=1)
-        if lateral.max() > 1e-2 * max(1.0, abs(along[-1])) and lateral.max() > 0.05:
-            tilt = np.degrees(np.arctan2(lateral[-1], abs(along[-1])))
+        lateral = [norm(sub(o, scaled(normal, a))) for o, a in zip(offsets, along, strict=True)]
+        if max(lateral) > 1e-2 * max(1.0, abs(along[-1])) and max(lateral) > 0.05:
+            tilt = math.degrees(math.atan2(lateral[-1], abs(along[-1])))
             tag = f" (GantryDetectorTilt {first.gantry_tilt:g})" if first.gantry_tilt else ""
             problems.append(f"gantry tilt of {tilt:.2f} degrees{tag}: slices are shifted sideways along the "
                             "stack; resample to an orthogonal grid first")
@@ -398,13 +407,30 @@ def check_stack(ordered: Sequence[SliceHeader]) -> SeriesReport:
     return SeriesReport(len(ordered), typical, thickness, problems, notes)
 
 
+def read_stack(paths: Iterable[Path]) -> tuple[list[SliceHeader], SeriesReport]:
+    """A one-series folder's headers, ordered along the slice normal and checked (``InputError`` on a problem)."""
+    ordered = sort_by_position(single_series(read_headers(paths)))
+    report = check_stack(ordered)
+    if report.problems:
+        raise InputError("; ".join(report.problems))
+    return ordered, report
+
+
+def stack_affine(ordered: Sequence[SliceHeader]) -> Affine:
+    """RAS+ affine of a checked stack whose first slice is ``ordered[0]``: (i, j, k) = (column, row, slice)."""
+    first = ordered[0]
+    if len(ordered) > 1:
+        last, steps = ordered[-1].position, len(ordered) - 1
+        step_vec = tuple((last[c] - first.position[c]) / steps for c in range(3))
+    else:
+        step_vec = scaled(first.normal, first.slice_thickness or 1.0)
+    return affine_from_slices(first.orientation, first.pixel_spacing, first.position, step_vec)
+
+
 # -- pixels --------------------------------------------------------------------------------------------------
-def _stored_dtype(bits_allocated: int, signed: bool) -> np.dtype:
-    return np.dtype(f"<{'i' if signed else 'u'}{bits_allocated // 8}")
-
-
-def _read_native(h: SliceHeader, out: np.ndarray) -> None:
-    """Read one slice's stored values straight into ``out`` (rows, cols), C-contiguous, of the stored type."""
+def read_native(h: SliceHeader, out) -> None:
+    """Read one slice's stored values into ``out`` (a writable C-contiguous buffer of rows × columns values of the
+    stored type: a numpy array or a bytearray), as they are in the file."""
     target = memoryview(out).cast("B")
     with open(h.path, "rb", buffering=0) as fh:
         fh.seek(h.pixel_offset)
@@ -413,131 +439,154 @@ def _read_native(h: SliceHeader, out: np.ndarray) -> None:
         raise InputError(f"pixel data is cut short: {got} of {len(target)} bytes", file=h.path.name)
 
 
-def _decode_with_pydicom(h: SliceHeader) -> np.ndarray:
-    ds = h._dataset
+@dataclass(frozen=True)
+class StoredForm:
+    """How ``write_nifti`` stores a stack whose slices share one pixel format and one rescale: the stored values
+    as voxels of ``dtype`` (numpy's notation), with the rescale as NIfTI ``scl_slope``/``scl_inter``."""
+
+    dtype: str
+    slope: float
+    inter: float
+
+
+def _float32_exact(value: float) -> bool:
+    """NIfTI keeps scl_slope/scl_inter as float32: only a value that survives that is written as one."""
     try:
-        if ds is None or "PixelData" not in ds:
-            import pydicom
-
-            ds = pydicom.dcmread(h.path)
-        pixels = ds.pixel_array
-    except InputError:
-        raise
-    except Exception as exc:  # codec missing, truncated or corrupt pixel data
-        raise InputError(f"pixel data cannot be decoded ({h.transfer_syntax}): {type(exc).__name__}: {exc}",
-                         file=h.path.name) from None
-    expected = (h.rows, h.columns)
-    if pixels.shape != expected:
-        raise InputError(f"pixel data has shape {pixels.shape}, header says {expected}", file=h.path.name)
-    return pixels
+        return struct.unpack("<f", struct.pack("<f", value))[0] == value
+    except OverflowError:
+        return False
 
 
-def _mask_unused_bits(raw: np.ndarray, bits_stored: int, signed: bool) -> None:
-    """Keep the low ``bits_stored`` bits (sign-extended when signed), in place, as PS3.5 §8.1.1 defines."""
-    bits = raw.dtype.itemsize * 8
-    if bits_stored >= bits:
-        return
+def stored_form(ordered: Sequence[SliceHeader]) -> StoredForm | None:
+    """The ``StoredForm`` of a stack, or None when its slices differ in pixel format or rescale (or the rescale is
+    not exact in float32): then the NIfTI holds HU. Unsigned values with unused high bits fit the signed type of
+    the same width, which is what they are stored as (dcm2niix does the same)."""
+    formats = {(h.bits_allocated, h.bits_stored, h.signed) for h in ordered}
+    rescales = {(h.slope, h.intercept) for h in ordered}
+    if len(formats) != 1 or len(rescales) != 1:
+        return None
+    (bits, stored, signed), (slope, inter) = formats.pop(), rescales.pop()
+    if not (_float32_exact(slope) and _float32_exact(inter)):
+        return None
+    kind = "i" if signed or stored < bits else "u"
+    return StoredForm(f"{'|' if bits == 8 else '<'}{kind}{bits // 8}", slope, inter)
+
+
+class _NotAsStored(Exception):
+    """A slice's bytes are not its values as they are (unused high bits set): it has to be decoded."""
+
+
+def _top_byte_table(bits_allocated: int, bits_stored: int, signed: bool) -> bytes | None:
+    """A ``bytes.translate`` table that maps each value the most significant byte of a stored value can take to 0
+    when its unused high bits already are what PS3.5 §8.1.1 makes of them (zero; copies of the sign bit when
+    signed), and to 0x80 otherwise: the translated bytes are ASCII exactly when a slice is clean. None when every
+    byte is (no unused bits in the top byte)."""
+    used = bits_stored - (bits_allocated - 8)  # bits of the top byte that belong to the value (>= 1 here)
+    if used >= 8:
+        return None
     if signed:
-        shift = raw.dtype.type(bits - bits_stored)
-        unsigned = raw.view(raw.dtype.str.replace("i", "u"))
-        np.left_shift(unsigned, unsigned.dtype.type(shift), out=unsigned)
-        np.right_shift(raw, shift, out=raw)  # arithmetic: copies the sign bit down
+        half = 1 << (used - 1)
+        clean = range(half), range(256 - half, 256)
     else:
-        np.bitwise_and(raw, raw.dtype.type((1 << bits_stored) - 1), out=raw)
+        clean = (range(1 << used),)
+    table = bytearray(b"\x80" * 256)
+    for values in clean:
+        table[values.start:values.stop] = bytes(len(values))
+    return bytes(table)
 
 
-def _stored_values(ordered: Sequence[SliceHeader]) -> np.ndarray:
-    """Stored values of every slice, (k, rows, cols), in one array of the common stored type."""
+def _read_ahead(ordered: Sequence[SliceHeader], buffers: int = 3) -> Iterator[bytearray]:
+    """Each slice's native pixel bytes in turn, read by a second thread while the caller works on the ones before
+    (file reads release the GIL: a third less wall time on two cores here). A buffer handed out is reused once
+    the caller asks for the next one; a read error is raised here, in the caller's thread."""
+    import queue
+    import threading
+
+    size = ordered[0].rows * ordered[0].columns * ordered[0].bits_allocated // 8
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    ready: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(buffers):
+        free.put(bytearray(size))
+    stop = threading.Event()
+
+    def reader() -> None:
+        for h in ordered:
+            buffer = free.get()
+            if stop.is_set():
+                return
+            try:
+                read_native(h, buffer)
+            except BaseException as exc:  # handed to the caller, who raises it
+                ready.put(exc)
+                return
+            ready.put(buffer)
+
+    thread = threading.Thread(target=reader, name="liverseg-read-ahead", daemon=True)
+    thread.start()
+    try:
+        previous = None
+        for _ in ordered:
+            item = ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            if previous is not None:
+                free.put(previous)
+            previous = item
+            yield item
+    finally:
+        stop.set()
+        free.put(bytearray())  # wakes the reader if it waits for a buffer
+        thread.join()
+
+
+def _slices_as_stored(ordered: Sequence[SliceHeader]) -> Iterator[memoryview]:
+    """Each slice's pixel bytes in turn, read as they are (``_read_ahead``); ``_NotAsStored`` as soon as a slice's
+    unused high bits are set. The check maps every value's top byte through a table and asks whether the result
+    is ASCII (a strided copy, ``translate``, ``isascii``: C speed, no numpy), ``CHECK_BYTES`` at a time."""
     first = ordered[0]
-    formats = {(h.bits_allocated, h.signed, h.bits_stored) for h in ordered}
-    common = len(formats) == 1
-    dtype = _stored_dtype(first.bits_allocated, first.signed) if common else np.dtype(np.int64)
-    raw = np.empty((len(ordered), first.rows, first.columns), dtype=dtype)
-
-    def load(k: int) -> None:
-        h = ordered[k]
-        if h.pixel_offset is not None and common:
-            _read_native(h, raw[k])
-            return
-        if h.pixel_offset is not None:
-            values = np.empty((h.rows, h.columns), _stored_dtype(h.bits_allocated, h.signed))
-            _read_native(h, values)
-            _mask_unused_bits(values, h.bits_stored, h.signed)
-        else:
-            values = _decode_with_pydicom(h)  # pydicom already keeps only the stored bits
-        raw[k] = values
-
-    # A few threads, each over a contiguous run of slices: file reads release the GIL, which pays off when the
-    # files are not in the page cache (network or cold disks); from cache it costs ~10 ms against one thread.
-    workers = max(1, min(IO_THREADS, len(ordered) // 16))
-    chunks = [range(w, len(ordered), workers) for w in range(workers)]
-    if workers > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda chunk: [load(k) for k in chunk], chunks))
-    else:
-        for k in chunks[0]:
-            load(k)
-    if common and any(h.pixel_offset is not None for h in ordered):
-        _mask_unused_bits(raw, first.bits_stored, first.signed)
-    return raw
+    width = first.bits_allocated // 8
+    table = _top_byte_table(first.bits_allocated, first.bits_stored, first.signed)
+    starts = range(0, first.rows * first.columns * width, CHECK_BYTES)
+    with contextlib.closing(_read_ahead(ordered)) as buffers:  # the reader thread ends here, however this does
+        for h, buffer in zip(ordered, buffers, strict=True):
+            if table is not None and not all(buffer[s + width - 1:s + CHECK_BYTES:width].translate(table).isascii()
+                                             for s in starts):
+                raise _NotAsStored(h.path.name)
+            yield memoryview(buffer)
 
 
-def _to_hu(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
-    """HU from stored values, in place where possible: int16 when exact and in range, else float32."""
-    integral = bool(np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)))
-    if integral and raw.dtype.kind in "iu":
-        raw_max = int(raw.max())
-        raw_min = 0 if raw.dtype.kind == "u" else int(raw.min())  # one pass less for unsigned storage
-        lo = raw_min + int(intercepts.min())
-        hi = raw_max + int(intercepts.max())
-        if lo >= -32768 and hi <= 32767:
-            if raw.dtype == np.int16 or (raw.dtype == np.uint16 and raw_max <= 32767):
-                hu = raw.view(np.int16)  # same bits: values below 32768 read the same signed
-            else:
-                hu = raw.astype(np.int16)
-            if np.all(intercepts == intercepts[0]):
-                if intercepts[0]:
-                    hu += np.int16(intercepts[0])
-            else:
-                for k, intercept in enumerate(intercepts):
-                    hu[k] += np.int16(intercept)
-            return hu
-    hu = raw.astype(np.float32)
-    for k in range(hu.shape[0]):
-        if slopes[k] != 1:
-            hu[k] *= np.float32(slopes[k])
-        if intercepts[k]:
-            hu[k] += np.float32(intercepts[k])
-    return hu
+def write_nifti(ordered: Sequence[SliceHeader], path: Path) -> Path:
+    """A checked stack as a NIfTI-1 file (.nii or .nii.gz), qform and sform set, x fastest = DICOM columns.
+
+    Voxels are the stored values with the one rescale as scl_slope/scl_inter when the slices share them
+    (``stored_form``, as dcm2niix writes), else HU (int16 when exact, else float32). Uncompressed little-endian
+    slices whose bytes are those values are copied as they are, without numpy (DICOM pixel data is row-major,
+    columns fastest: NIfTI's order for our axes); everything else is decoded by ``dicom_pixels``, to the same
+    voxels.
+    """
+    first = ordered[0]
+    form = stored_form(ordered)
+    if form is not None and all(h.pixel_offset is not None for h in ordered) and \
+            first.bits_stored > first.bits_allocated - 8:
+        try:
+            return nifti1.write(path, (first.columns, first.rows, len(ordered)), form.dtype, stack_affine(ordered),
+                                _slices_as_stored(ordered), slope=form.slope, inter=form.inter)
+        except _NotAsStored:
+            pass  # unused high bits to mask: decode
+    from . import dicom_pixels
+
+    return dicom_pixels.write_nifti(ordered, path, form)
 
 
 def stack_to_volume(ordered: Sequence[SliceHeader]) -> Volume:
-    """Decode slices (in stack order, already checked) into a volume whose first slice is ``ordered[0]``.
+    """Decode slices (in stack order, already checked) into a volume in HU whose first slice is ``ordered[0]``
+    (numpy; see ``dicom_pixels.stack_to_volume``)."""
+    from . import dicom_pixels
 
-    HU come back as int16 when every slice has integral rescaling and the values fit, else float32. The array is
-    (i, j, k) = (column, row, slice) as everywhere in liverseg; it is a Fortran-ordered view of the slices as
-    read (NIfTI's own layout), so writing it needs no copy.
-    """
-    first = ordered[0]
-    raw = _stored_values(ordered)
-    slopes = np.array([h.slope for h in ordered], dtype=np.float64)
-    intercepts = np.array([h.intercept for h in ordered], dtype=np.float64)
-    hu = _to_hu(raw, slopes, intercepts)
-    array = np.transpose(hu, (2, 1, 0))  # (cols=i, rows=j, k)
-    if len(ordered) > 1:
-        step_vec = (ordered[-1].position - first.position) / (len(ordered) - 1)
-    else:
-        step_vec = first.normal * (first.slice_thickness or 1.0)
-    affine = affine_from_slices(first.orientation, first.pixel_spacing, first.position, step_vec)
-    return Volume(array=array, affine=affine)
+    return dicom_pixels.stack_to_volume(ordered)
 
 
 def series_to_volume(paths: Iterable[Path]) -> tuple[Volume, SeriesReport, list[SliceHeader]]:
     """Read a one-series folder's files into a volume ordered along the slice normal."""
-    ordered = sort_by_position(single_series(read_headers(paths)))
-    report = check_stack(ordered)
-    if report.problems:
-        raise InputError("; ".join(report.problems))
+    ordered, report = read_stack(paths)
     return stack_to_volume(ordered), report, ordered

@@ -25,11 +25,14 @@ affine (RAS+) converted to LPS+, for any orientation: flips, permutations, obliq
 **Speed.** Files are encoded here directly (Explicit VR Little Endian, a flat data set): the shared elements once,
 then per slice the five that differ and the pixel bytes, written with one system call each in a few threads. This
 is ~10× faster than building pydicom Datasets, and needs no pydicom import; ``datasets()`` parses the very same
-bytes with pydicom when a caller (the SEG writer) needs Dataset objects.
+bytes with pydicom when a caller (the SEG writer) needs Dataset objects. A NIfTI whose voxels already are CT
+stored values (int16/uint16, with a scaling DS keeps exactly: ``stored_rescale``) is encoded by ``encode_stored``
+straight from its bytes, slice by slice, without numpy (imported only by ``encode_series``/``choose_rescale``).
 """
 
 from __future__ import annotations
 
+import array
 import hashlib
 import io
 import os
@@ -38,19 +41,19 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from .. import __version__
 from ..errors import InputError
-from .geometry import Volume, slice_geometry
+from . import nifti1
+from .geometry import SliceGeometry, Volume, dot, slice_geometry
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMPLEMENTATION_CLASS_UID = "2.25.303938567383262227614457045233829350313"  # liverseg, fixed
-IMPLEMENTATION_VERSION = f"LIVERSEG_{__version__}"[:16]
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-_INT16 = np.iinfo(np.int16)
-_UINT16 = np.iinfo(np.uint16)
+INT16_MIN, INT16_MAX, UINT16_MAX = -32768, 32767, 65535
 IO_THREADS = 4
 
 
@@ -81,6 +84,8 @@ def choose_rescale(hu: np.ndarray) -> Rescale:
     Integral data that fits 16 bits comes back exactly; otherwise |error| ≤ slope / 2 (plus the 16-digit DS
     rounding of the intercept). The slope and intercept returned are the values written as DS text.
     """
+    import numpy as np
+
     if hu.dtype.kind not in "iuf":
         raise InputError(f"voxel type {hu.dtype} cannot be stored as CT")
     lo, hi = hu.min(), hu.max()
@@ -91,19 +96,19 @@ def choose_rescale(hu: np.ndarray) -> Rescale:
         if not np.isfinite(hi - lo):
             raise InputError(f"voxel values {lo:g}..{hi:g} span more than a float can hold")
         integral = bool(np.array_equal(hu, np.round(hu))) and abs(lo) < 2**53 and abs(hi) < 2**53
-    if integral and _INT16.min <= lo and hi <= _INT16.max:
+    if integral and lo >= INT16_MIN and hi <= INT16_MAX:
         return Rescale(hu.astype(np.int16, copy=False), 1.0, 0.0)
-    if integral and hi - lo <= _UINT16.max and abs(lo) < 1e15:
+    if integral and hi - lo <= UINT16_MAX and abs(lo) < 1e15:
         return Rescale((hu.astype(np.int64) - int(lo)).astype(np.uint16), 1.0, float(lo))
     intercept = float(_ds_decimal(float(lo)))
     if hi == lo:
         return Rescale(np.zeros(hu.shape, dtype=np.uint16), 1.0, intercept)
     # Spread the range over uint16 with the slope exactly as written (DS text), nudged up until the top fits.
-    slope = float(_ds_decimal((float(hi) - intercept) / _UINT16.max))
-    while (float(hi) - intercept) / slope > _UINT16.max + 0.5:
+    slope = float(_ds_decimal((float(hi) - intercept) / UINT16_MAX))
+    while (float(hi) - intercept) / slope > UINT16_MAX + 0.5:
         slope = float(_ds_decimal(slope * (1 + 1e-12)))
     scaled = (hu.astype(np.float64) - intercept) / slope
-    stored = np.clip(np.rint(scaled), 0, _UINT16.max).astype(np.uint16)
+    stored = np.clip(np.rint(scaled), 0, UINT16_MAX).astype(np.uint16)
     return Rescale(stored, slope, intercept)
 
 
@@ -133,14 +138,14 @@ def _element(tag: int, vr: str, value) -> bytes:
     return head + struct.pack("<H", len(raw)) + raw
 
 
-def _file_meta(sop_instance_uid: str) -> bytes:
+def _file_meta(sop_instance_uid: str, implementation_version: str) -> bytes:
     body = b"".join([
         _element(0x00020001, "OB", b"\0\1"),
         _element(0x00020002, "UI", CT_IMAGE_STORAGE),
         _element(0x00020003, "UI", sop_instance_uid),
         _element(0x00020010, "UI", EXPLICIT_VR_LITTLE_ENDIAN),
         _element(0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
-        _element(0x00020013, "SH", IMPLEMENTATION_VERSION),
+        _element(0x00020013, "SH", implementation_version),
     ])
     return b"\0" * 128 + b"DICM" + _element(0x00020000, "UL", len(body)) + body
 
@@ -195,25 +200,71 @@ class EncodedSeries:
 
 
 def encode_series(volume: Volume, info: SeriesInfo) -> EncodedSeries:
-    """Encode the volume as one CT Image Storage file per slice k (positions along the volume's third axis)."""
+    """Encode the volume as one CT Image Storage file per slice k (positions along the volume's third axis), HU
+    stored as ``choose_rescale`` decides."""
+    import numpy as np
+
     hu = volume.array
     if hu.ndim != 3:
         raise InputError(f"image must be 3D, got shape {hu.shape}")
     if hu.dtype.kind == "f" and not np.all(np.isfinite(hu)):
         raise InputError("image has NaN/Inf voxels")
-    if hu.shape[0] > 0xFFFF or hu.shape[1] > 0xFFFF:
-        raise InputError(f"slices of {hu.shape[0]}x{hu.shape[1]} pixels do not fit DICOM Rows/Columns")
+    _check_matrix(hu.shape)
     geometry = slice_geometry(volume.affine, hu.shape[2])
     rescale = choose_rescale(hu)
-    signed = rescale.stored.dtype == np.int16
     # Rows run along j and columns along i: slice k of an (i, j, k) array, transposed. For a Fortran-ordered
     # array (nibabel's and our readers') this transpose is C-contiguous already: no copy.
     pixels = np.ascontiguousarray(np.transpose(rescale.stored, (2, 1, 0))).astype(
         rescale.stored.dtype.newbyteorder("<"), copy=False)
+    return _encode(hu.shape, geometry, rescale.stored.dtype == np.int16, rescale.slope, rescale.intercept,
+                   [memoryview(pixels[k]).cast("B") for k in range(hu.shape[2])], info)
+
+
+def stored_rescale(header: nifti1.Header) -> tuple[float, float] | None:
+    """(slope, intercept) when a NIfTI's voxels can be CT pixel data as they are: int16 or uint16 (16 bits
+    allocated, as the CT Image IOD requires) whose scl_slope/scl_inter DS keeps exactly (1/0 when unscaled, and
+    every dcm2niix-style -1000/-1024); None otherwise (the voxels go through ``choose_rescale``)."""
+    if header.dtype[1:] not in ("i2", "u2"):
+        return None
+    if any(float(_ds_decimal(v)) != v for v in (header.slope, header.inter)):
+        return None
+    return header.slope, header.inter + 0.0  # + 0.0: an intercept of -0.0 is written "0"
+
+
+def encode_stored(header: nifti1.Header, voxels, info: SeriesInfo) -> EncodedSeries:
+    """Encode a NIfTI whose ``stored_rescale`` is not None straight from its voxel bytes (``nifti1.read``): each
+    slice's bytes are its pixel data (NIfTI is x fastest, DICOM columns fastest), scl_slope/scl_inter the Rescale
+    Slope/Intercept. No numpy; the same header bytes ``encode_series`` writes for the same geometry and rescale."""
+    slope, intercept = stored_rescale(header)
+    _check_matrix(header.shape)
+    geometry = slice_geometry(header.affine, header.shape[2])
+    if header.dtype[0] == ">":  # big endian on disk: DICOM here is little endian
+        swapped = array.array("H")
+        swapped.frombytes(voxels)
+        swapped.byteswap()
+        voxels = memoryview(swapped).cast("B")
+    size = header.shape[0] * header.shape[1] * 2
+    slices = [voxels[k * size:(k + 1) * size] for k in range(header.shape[2])]
+    return _encode(header.shape, geometry, header.dtype[1] == "i", slope, intercept, slices, info)
+
+
+def _check_matrix(shape: Sequence[int]) -> None:
+    if shape[0] > 0xFFFF or shape[1] > 0xFFFF:
+        raise InputError(f"slices of {shape[0]}x{shape[1]} pixels do not fit DICOM Rows/Columns")
+
+
+def _encode(shape: Sequence[int], geometry: SliceGeometry, signed: bool, slope: float, intercept: float,
+            slices: Sequence[memoryview], info: SeriesInfo) -> EncodedSeries:
+    """The files of a series: ``slices[k]`` (rows × columns 16-bit little-endian stored values, signed or not) is
+    slice k's pixel data at ``geometry.positions[k]``; ``slope``/``intercept`` are written as the Rescale (exact DS
+    values)."""
+    from .. import __version__  # resolved on first use, not at import: the caller hashes its inputs meanwhile
+
+    implementation_version = f"LIVERSEG_{__version__}"[:16]
     study_uid = derive_uid(info.uid_namespace, "study")
     series_uid = derive_uid(info.uid_namespace, "series")
     frame_uid = derive_uid(info.uid_namespace, "frame-of-reference")
-    normal = np.cross(geometry.orientation[:3], geometry.orientation[3:])
+    normal = geometry.normal
 
     shared = {
         0x00080005: ("CS", "ISO_IR 100"),
@@ -248,8 +299,8 @@ def encode_series(volume: Volume, info: SeriesInfo) -> EncodedSeries:
         0x00201040: ("LO", ""),
         0x00280002: ("US", 1),
         0x00280004: ("CS", "MONOCHROME2"),
-        0x00280010: ("US", int(hu.shape[1])),
-        0x00280011: ("US", int(hu.shape[0])),
+        0x00280010: ("US", int(shape[1])),
+        0x00280011: ("US", int(shape[0])),
         0x00280030: ("DS", [_ds_decimal(v) for v in geometry.pixel_spacing]),
         0x00280100: ("US", 16),
         0x00280101: ("US", 16),
@@ -257,8 +308,8 @@ def encode_series(volume: Volume, info: SeriesInfo) -> EncodedSeries:
         0x00280103: ("US", 1 if signed else 0),
         0x00281050: ("DS", "40"),
         0x00281051: ("DS", "400"),
-        0x00281052: ("DS", _ds_decimal(rescale.intercept)),
-        0x00281053: ("DS", _ds_decimal(rescale.slope)),
+        0x00281052: ("DS", _ds_decimal(intercept)),
+        0x00281053: ("DS", _ds_decimal(slope)),
         0x00281054: ("LO", "HU"),
     }
     encoded = {tag: _element(tag, vr, value) for tag, vr, value in ((t, *v) for t, v in shared.items())}
@@ -266,19 +317,19 @@ def encode_series(volume: Volume, info: SeriesInfo) -> EncodedSeries:
     middle = b"".join(encoded[t] for t in sorted(encoded) if 0x00080018 < t < 0x00200013)
     between = b"".join(encoded[t] for t in sorted(encoded) if 0x00200032 < t < 0x00201041)
     after = b"".join(encoded[t] for t in sorted(encoded) if t > 0x00201041)
-    pixel_length = pixels[0].nbytes if hu.shape[2] else 0
+    pixel_length = len(slices[0]) if slices else 0
     pixel_head = struct.pack("<HH", 0x7FE0, 0x0010) + b"OW" + struct.pack("<HI", 0, pixel_length)
 
     parts, uids = [], []
-    for k in range(hu.shape[2]):
+    for k in range(shape[2]):
         sop_uid = derive_uid(info.uid_namespace, "instance", k)
         position = geometry.positions[k]
         header = b"".join([
-            _file_meta(sop_uid), before, _element(0x00080018, "UI", sop_uid), middle,
+            _file_meta(sop_uid, implementation_version), before, _element(0x00080018, "UI", sop_uid), middle,
             _element(0x00200013, "IS", str(k + 1)),
             _element(0x00200032, "DS", [_ds_decimal(v) for v in position]), between,
-            _element(0x00201041, "DS", _ds_decimal(float(position @ normal))), after, pixel_head])
-        parts.append((header, memoryview(pixels[k]).cast("B")))
+            _element(0x00201041, "DS", _ds_decimal(dot(position, normal))), after, pixel_head])
+        parts.append((header, slices[k]))
         uids.append(sop_uid)
     return EncodedSeries(parts, uids, study_uid, series_uid, frame_uid)
 

@@ -5,25 +5,26 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .geometry import Volume, reindex, same_grid
+from .geometry import Grid, Volume, reindex, same_grid
 
 LABEL_VALUES = {0, 1, 2}
 
 
-def check_label(label: Volume, image: Volume) -> np.ndarray:
-    """The label as uint8 on the image's grid, or an ``InputError`` saying why it cannot be.
+def check_label(label: Volume, image: Volume | Grid) -> np.ndarray:
+    """The label as uint8 on the image's grid (a ``Volume``, or the ``Grid`` of an image never decoded), or an
+    ``InputError`` saying why it cannot be.
 
     A label stored in another axis order or direction over the same voxels (e.g. LAS beside an RAS image) is laid
     onto the image grid exactly (flips/permutations, no interpolation); any other grid difference is refused.
     """
-    if same_grid(label.affine, image.affine, label.array.shape, image.array.shape, tol_mm=1e-2):
+    if same_grid(label.affine, image.affine, label.shape, image.shape, tol_mm=1e-2):
         values = label.array
     else:
-        values = reindex(label, image.affine, image.array.shape, tol_mm=1e-2)
+        values = reindex(label, image.affine, image.shape, tol_mm=1e-2)
         if values is None:
-            raise InputError(f"label grid {label.array.shape} at {np.round(label.affine[:3, 3], 2).tolist()} "
-                             f"differs from the image grid {image.array.shape} at "
-                             f"{np.round(image.affine[:3, 3], 2).tolist()}")
+            raise InputError(f"label grid {label.shape} at {np.round(label.affine[:3, 3], 2).tolist()} "
+                             f"differs from the image grid {image.shape} at "
+                             f"{np.round(np.asarray(image.affine)[:3, 3], 2).tolist()}")
     if values.dtype.kind == "f" and np.any(np.mod(values, 1) != 0):
         raise InputError("label has non-integer values")
     present = {int(v) for v in np.unique(values)}
