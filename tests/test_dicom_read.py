@@ -17,7 +17,7 @@ from pydicom.uid import (
 )
 
 from liverseg.errors import InputError
-from liverseg.imaging import dicom_pixels, dicom_read, dicom_scan
+from liverseg.imaging import dicom_pixels, dicom_read, dicom_scan, nifti1
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +325,19 @@ def test_a_slice_cut_short_while_copying_is_an_error_naming_it(four_slices, tmp_
     assert caught.value.file == ordered[2].path.name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut"]  # nothing half-written, no temporary left
     assert threading.active_count() == threads  # the read-ahead thread is gone
+
+
+def test_a_write_failing_half_way_ends_the_read_ahead_thread(four_slices, tmp_path, monkeypatch):
+    files, _ = four_slices
+    ordered, _ = dicom_read.read_stack(files)
+    threads = threading.active_count()
+
+    def disk_full(path, shape, dtype, affine, chunks, **scaling):
+        next(iter(chunks))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nifti1, "write", disk_full)
+    with pytest.raises(OSError, match="No space left") as caught:
+        dicom_read.write_nifti(ordered, tmp_path / "x.nii")
+    assert threading.active_count() == threads  # not only once the traceback (held here) lets the slices go
+    assert caught.value.errno == 28

@@ -569,8 +569,10 @@ def write_nifti(ordered: Sequence[SliceHeader], path: Path) -> Path:
     if form is not None and all(h.pixel_offset is not None for h in ordered) and \
             first.bits_stored > first.bits_allocated - 8:
         try:
-            return nifti1.write(path, (first.columns, first.rows, len(ordered)), form.dtype, stack_affine(ordered),
-                                _slices_as_stored(ordered), slope=form.slope, inter=form.inter)
+            # closing: the read-ahead thread ends here even when the write fails half-way
+            with contextlib.closing(_slices_as_stored(ordered)) as slices:
+                return nifti1.write(path, (first.columns, first.rows, len(ordered)), form.dtype,
+                                    stack_affine(ordered), slices, slope=form.slope, inter=form.inter)
         except _NotAsStored:
             pass  # unused high bits to mask: decode
     from . import dicom_pixels
