@@ -14,8 +14,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .graph import PIPELINE
-
 EXIT_USAGE = 2
 # Command groups that live in their own modules; each module has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -31,10 +29,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 # Command groups that need neither the stage graph nor the store: dispatched before the full parser is built, so
 # their start-up is Python + numpy only (a module here has ``run(argv)`` besides ``register``).
 FAST_COMMANDS: dict[str, str] = {"dicom": "liverseg.dicom_cli"}
-
-
-def _stage_module(name: str):
-    return importlib.import_module(next(s.module for s in PIPELINE if s.name == name))
 
 
 # -- store ---------------------------------------------------------------------------------------------------
@@ -102,6 +96,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from . import logs
     from .config import ConfigError, load_profile
+    from .graph import PIPELINE
     from .msd import DatasetError, ingest
     from .runner import RunFailed, RunSpec, format_summary, run_pipeline
     from .settings import ENV_ENDPOINT, StoreSettings, home
@@ -165,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__  # resolved on first use: the fast commands start without importlib.metadata
+    from .graph import PIPELINE
     from .settings import home
 
     parser = argparse.ArgumentParser(
@@ -206,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for step in PIPELINE:
         p = sub.add_parser(step.name, help=step.summary, description=step.summary)
-        module = _stage_module(step.name)
+        module = importlib.import_module(step.module)
         module.add_arguments(p)
         p.set_defaults(func=module.main)
     for name in COMMAND_MODULES:
