@@ -31,11 +31,12 @@ def _canonical(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:
 
 def _slice(array: np.ndarray, view: str, index: int) -> np.ndarray:
     """A 2D display array (rows top to bottom, columns left to right) from a RAS-ordered volume."""
+    # RAS order: i grows toward the patient's right, j toward anterior, k toward superior.
     if view == "axial":      # rows: anterior -> posterior, columns: patient right -> left
-        return array[:, :, index].T[::-1, :]
+        return array[::-1, ::-1, index].T
     if view == "coronal":    # rows: superior -> inferior, columns: patient right -> left
-        return array[:, index, :].T[::-1, :]
-    return array[index, :, :].T[::-1, ::-1]  # sagittal: rows superior -> inferior, columns anterior -> posterior
+        return array[::-1, index, ::-1].T
+    return array[index, ::-1, ::-1].T  # sagittal: rows superior -> inferior, columns anterior -> posterior
 
 
 def _pixel_size(view: str, zooms: tuple[float, float, float]) -> tuple[float, float]:
