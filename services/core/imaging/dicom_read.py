@@ -266,10 +266,15 @@ def _read_with_pydicom(path: Path) -> SliceHeader:
         raise InputError("not a DICOM file", file=path.name) from None
     except Exception as exc:  # truncated or garbled files surface as many exception types
         raise InputError(f"unreadable DICOM: {type(exc).__name__}: {exc}", file=path.name) from None
-    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    has_pixels = "PixelData" in ds
-    # Pixels of these data sets are decoded by pydicom (offset None), from this very data set.
-    return _header(path, _DatasetFields(ds), ts, None, 0 if has_pixels else None, dataset=ds)
+    try:
+        ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        has_pixels = "PixelData" in ds
+        # Pixels of these data sets are decoded by pydicom (offset None), from this very data set.
+        return _header(path, _DatasetFields(ds), ts, None, 0 if has_pixels else None, dataset=ds)
+    except InputError:
+        raise
+    except Exception as exc:  # pydicom parses elements lazily: a garbled one (e.g. a bad VR) fails on access
+        raise InputError(f"unreadable DICOM element: {type(exc).__name__}: {exc}", file=path.name) from None
 
 
 def read_header(path: Path) -> SliceHeader:
