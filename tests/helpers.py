@@ -29,3 +29,10 @@ def in_grid_of(source: Volume, target: Volume) -> np.ndarray:
 
 def assert_same_volume(a: Volume, b: Volume) -> None:
     np.testing.assert_array_equal(in_grid_of(a, b), b.array)
+
+
+def snapshot(store, prefix: str) -> dict[str, tuple[str, object]]:
+    """Every object under ``prefix`` with its ETag and last-modified time: equal snapshots mean nothing was
+    written, not even the same bytes again."""
+    return {o.object_name: (o.etag, o.last_modified) for o in
+            store.client.list_objects(store.bucket, prefix=prefix, recursive=True)}

@@ -10,6 +10,7 @@ import sys
 import pydicom
 import pytest
 
+from helpers import snapshot
 from liverseg import layout
 from liverseg.config import load_profile
 from liverseg.msd import ingest
@@ -30,10 +31,6 @@ def result(process):
     assert process.returncode == 0, err[-2000:]
     return json.loads(out.strip().splitlines()[-1])
 
-
-def snapshot(store, prefix):
-    return {o.object_name: (o.etag, o.last_modified) for o in
-            store.client.list_objects(store.bucket, prefix=prefix, recursive=True)}
 
 
 def outputs_match_manifests(store, run_id):

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import assert_same_volume
+from helpers import assert_same_volume, snapshot
 from liverseg import layout
 from liverseg.graph import STEPS
 from liverseg.imaging import nifti
@@ -59,10 +59,6 @@ def make_dataset(tiny_dataset, tmp_path):
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
-
-def snapshot(store, prefix):
-    return {o.object_name: (o.etag, o.last_modified) for o in
-            store.client.list_objects(store.bucket, prefix=prefix, recursive=True)}
 
 
 def test_convert_and_group_set_bad_cases_aside_and_go_on(store, settings, store_env, tiny_dataset, tmp_path):

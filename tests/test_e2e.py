@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from helpers import snapshot
 from liverseg import layout
 from liverseg.runner import RunSpec, run_pipeline
 
@@ -42,10 +43,6 @@ def make_dataset_with_bad_cases(tiny_dataset, tmp_path):
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
-
-def snapshot(store, prefix):
-    return {o.object_name: (o.etag, o.last_modified) for o in
-            store.client.list_objects(store.bucket, prefix=prefix, recursive=True)}
 
 
 def test_pipeline_end_to_end_with_bad_cases_and_rerun(store, settings, store_env, tiny_dataset, tmp_path):
