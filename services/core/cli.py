@@ -7,14 +7,19 @@ extra can run that stage without the others' dependencies.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import importlib
 import json
+import os
 import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 EXIT_USAGE = 2
+M_ARENA_MAX = -8  # glibc mallopt parameter
+MALLOC_ARENAS = 2
 # Command groups that live in their own modules; each module has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "liverseg.models_cli",
@@ -210,7 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas before any thread starts (``MALLOC_ARENA_MAX`` in the environment wins).
+
+    By default each reading thread gets its own arena; their large, short-lived buffers fragment those arenas and
+    a long stage's memory creeps up with every case (group over 30 cases: 307 -> 371 MB even after malloc_trim;
+    flat at 260 MB with the cap). Elsewhere than glibc this does nothing.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
 def main(argv: list[str] | None = None) -> int:
+    limit_malloc_arenas()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in FAST_COMMANDS:
         return int(importlib.import_module(FAST_COMMANDS[argv[0]]).run(argv[1:]) or 0)
