@@ -32,7 +32,6 @@ def result(process):
     return json.loads(out.strip().splitlines()[-1])
 
 
-
 def outputs_match_manifests(store, run_id):
     for ref in store.list(f"runs/{run_id}/convert/"):
         if ref.key.endswith(layout.MANIFEST):

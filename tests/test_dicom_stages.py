@@ -60,7 +60,6 @@ def make_dataset(tiny_dataset, tmp_path):
     return root
 
 
-
 def test_convert_and_group_set_bad_cases_aside_and_go_on(store, settings, store_env, tiny_dataset, tmp_path):
     data = make_dataset(tiny_dataset, tmp_path)
     ingest = subprocess.run([sys.executable, "-m", "liverseg", "ingest", str(data), "--dataset", "mixed"],

@@ -44,7 +44,6 @@ def make_dataset_with_bad_cases(tiny_dataset, tmp_path):
     return root
 
 
-
 def test_pipeline_end_to_end_with_bad_cases_and_rerun(store, settings, store_env, tiny_dataset, tmp_path):
     data = make_dataset_with_bad_cases(tiny_dataset, tmp_path)
     ingest = subprocess.run([sys.executable, "-m", "liverseg", "ingest", str(data), "--dataset", "tiny"],

@@ -18,7 +18,7 @@ from liverseg.errors import InputError
 from liverseg.imaging import dicom_write, nifti, seg
 from liverseg.imaging.geometry import Volume
 from liverseg.imaging.label import LABEL_VALUES, check_label  # noqa: F401  (check_label: this stage's API)
-from liverseg.stagekit import CaseOutput, StageContext
+from liverseg.stagekit import CaseOutput, StageContext, source_refs
 from liverseg.store import ObjectRef
 
 NAME = "convert"
@@ -54,16 +54,7 @@ class ConvertStage:
     name = NAME
 
     def inputs(self, ctx: StageContext, case: str) -> dict[str, ObjectRef]:
-        entry = ctx.plan.cases[case]
-        refs = {}
-        for role, key in (("image", entry.image), ("label", entry.label)):
-            if key is None:
-                continue
-            ref = ctx.store.stat(key)
-            if ref is None:
-                raise InputError(f"{role} object {key} is missing from the store")
-            refs[role] = ref
-        return refs
+        return source_refs(ctx, case)
 
     def params(self, ctx: StageContext) -> dict[str, Any]:
         return {"uids": "sha256(run, case, image content, code version)"}

@@ -106,6 +106,20 @@ def upstream(ctx: StageContext, stage: str, case: str) -> mf.Manifest:
     return record
 
 
+def source_refs(ctx: StageContext, case: str) -> dict[str, ObjectRef]:
+    """The case's ingested image (and label, when it has one) as the plan names them, checked present."""
+    entry = ctx.plan.cases[case]
+    refs = {}
+    for role, key in (("image", entry.image), ("label", entry.label)):
+        if key is None:
+            continue
+        ref = ctx.store.stat(key)
+        if ref is None:
+            raise InputError(f"{role} object {key} is missing from the store")
+        refs[role] = ref
+    return refs
+
+
 def completed(ctx: StageContext, stage: str) -> mf.Manifest:
     """A whole-run stage's manifest, or a ``StageError`` when that stage has not finished."""
     record = mf.read(ctx.store, layout.manifest_key(ctx.run_id, stage))

@@ -24,7 +24,7 @@ from liverseg.ml import metrics
 from liverseg.ml.inference import Segmentation, segment
 from liverseg.ml.model import build_unet, memory_format, pick_device
 from liverseg.registry import Registry, RegistryError
-from liverseg.stagekit import CaseOutput, StageContext, StageError, completed, refs_of, upstream
+from liverseg.stagekit import CaseOutput, StageContext, StageError, completed, refs_of, source_refs, upstream
 from liverseg.store import ObjectRef
 from liverseg.train.stage import from_bytes
 
@@ -121,14 +121,7 @@ class InferStage:
                 raise InputError(f"no objects under study prefix {key}")
             return {**refs, **{f"dicom:{f.key}": f for f in files}}
         upstream(ctx, "convert", case)  # a study the convert stage set aside is set aside here too
-        entry = ctx.plan.cases[case]
-        for role, key in (("image", entry.image), ("label", entry.label)):
-            if key is not None:
-                ref = ctx.store.stat(key)
-                if ref is None:
-                    raise InputError(f"{role} object {key} is missing from the store")
-                refs[role] = ref
-        return refs
+        return {**refs, **source_refs(ctx, case)}
 
     def params(self, ctx: StageContext) -> dict[str, Any]:
         # Study mode has no plan: the model's own profile decides inference (and its hash is an input).
