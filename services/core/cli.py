@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import importlib
 import json
 import os
@@ -220,19 +219,22 @@ def limit_malloc_arenas() -> None:
 
     By default each reading thread gets its own arena; their large, short-lived buffers fragment those arenas and
     a long stage's memory creeps up with every case (group over 30 cases: 307 -> 371 MB even after malloc_trim;
-    flat at 260 MB with the cap). Elsewhere than glibc this does nothing.
+    flat at 260 MB with the cap). Elsewhere than glibc this does nothing. The short-lived ``FAST_COMMANDS`` (one
+    series each) skip it and its ctypes import.
     """
     if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
         return
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    limit_malloc_arenas()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in FAST_COMMANDS:
         return int(importlib.import_module(FAST_COMMANDS[argv[0]]).run(argv[1:]) or 0)
+    limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
