@@ -11,7 +11,8 @@ APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushga
 # helm for the chart tests: a pinned static build, fetched once into the ignored tool cache (charts/fetch_helm.py).
 HELM := .liverseg/tools/helm
 
-.PHONY: help venv tools helm render validate run test test-fast lint bench bench-quality bench-dicom clean images test-images
+.PHONY: help venv tools helm render validate run test test-fast lint bench bench-quality bench-dicom bench-scale \
+  reliability-doc clean images test-images
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
@@ -21,8 +22,11 @@ help:
 	@echo "make test-images - (re)build the images, then run the pipeline in them as the workflow pods would"
 	@echo "make render - Argo WorkflowTemplates/CronWorkflow: the chart's copy, and build/workflows/<overlay>"
 	@echo "make validate - workflows, kustomize overlays and the Helm chart against their schemas"
+	@echo "make bench  - every benchmark below, one after another (about an hour on 2 cores)"
 	@echo "make bench-quality - seed vs default held-out Dice under the same CPU budget -> bench-results/quality.json"
 	@echo "make bench-dicom - our DICOM<->NIfTI vs dcm2niix and plastimatch on the TCIA series -> bench-results/dicom.json"
+	@echo "make bench-scale - convert/group/preprocess over 10, 50, 200 cases: s/case, peak RSS -> bench-results/scale.json"
+	@echo "make reliability-doc - fault and bad-input tests, then docs/RELIABILITY.md from their records"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +60,9 @@ test-fast: venv
 
 # Both profiles on 36 fixed phantoms, the same training budget each (BUDGET_S seconds; ~40 min in all on 2 cores).
 BUDGET_S ?= 900
+# Every benchmark, one after another (about an hour on 2 cores; run on an otherwise idle machine).
+bench: bench-dicom bench-scale bench-quality
+
 bench-quality: venv
 	$(PY) tests/bench/quality.py --budget-s $(BUDGET_S)
 
