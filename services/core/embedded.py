@@ -37,6 +37,10 @@ HOST = "127.0.0.1"
 # weed mini's other servers sit just above the S3 port; each also opens a gRPC port 10000 higher.
 _PORT_OFFSETS = {"s3": 0, "master": 1, "filer": 2, "volume": 3, "admin": 4}
 GRPC_OFFSET = 10000
+# weed mini's default volume limit is free disk / volume size (1 GiB on a large disk), and every bucket holds at
+# least one volume of its own: on a disk with 18 GB free, writes to the 19th bucket failed with HTTP 500.
+# Volumes are not preallocated, so a fixed high limit costs nothing until objects are written.
+MAX_VOLUMES = 2000
 
 
 class EmbeddedStoreError(RuntimeError):
@@ -144,7 +148,7 @@ class EmbeddedStore:
             "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
             f"-s3.port={ports['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-master.port={ports['master']}", f"-filer.port={ports['filer']}",
-            f"-volume.port={ports['volume']}", f"-admin.port={ports['admin']}",
+            f"-volume.port={ports['volume']}", f"-admin.port={ports['admin']}", f"-volume.max={MAX_VOLUMES}",
             "-s3.allowDeleteBucketNotEmpty=false", "-s3.autoCreateBucket=false",
         ]
         if self.tls:
