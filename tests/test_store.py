@@ -97,7 +97,7 @@ def test_gives_up_with_a_clear_error(tmp_path):
     settings = server.up()
     server.down()
     store = ObjectStore(settings, retry=RetryPolicy(attempts=2, base_s=0.05, cap_s=0.1))
-    with pytest.raises(StoreError, match="store unreachable after 2 attempts"):
+    with pytest.raises(StoreError, match="store still failing after 2 attempts"):
         store.put_bytes("x", b"1")
 
 

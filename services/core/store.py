@@ -133,8 +133,8 @@ class ObjectStore:
                     raise
                 delay = next(delays, None)
                 if delay is None:
-                    raise StoreError(f"{what}: store unreachable after {self.retry.attempts} attempts: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                    raise StoreError(f"{what}: store still failing after {self.retry.attempts} attempts (down, or "
+                                     f"answering with server errors); last error {type(exc).__name__}: {exc}") from exc
                 log.warning("store call failed, retrying", extra={"op": what, "retry_in_s": round(delay, 2),
                                                                   "error": type(exc).__name__})
                 time.sleep(delay)
