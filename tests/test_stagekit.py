@@ -68,5 +68,34 @@ def test_same_inputs_skip_and_changed_inputs_are_refused(store):
 def test_a_fixed_input_replaces_a_quarantined_case(store):
     store.put_bytes("in/a", b"bad")
     assert "a" in run_cases(Echo(), context(store), ["a"]).quarantined
+    assert store.exists(layout.quarantine_key("r1", "echo", "a"))
     store.put_bytes("in/a", b"fixed")
     assert run_cases(Echo(), context(store), ["a"]).ok == ["a"]
+    assert not store.exists(layout.quarantine_key("r1", "echo", "a"))
+
+
+class NeedsInput(Echo):
+    """Like ``Echo``, but a missing input is bad data and an input named ``crash`` a bug."""
+
+    def inputs(self, ctx, case):
+        ref = ctx.store.stat(f"in/{case}")
+        if ref is None:
+            raise InputError(f"in/{case} is missing")
+        if ctx.store.get_bytes(ref.key) == b"crash":
+            raise KeyError("bug")
+        return {"in": ref}
+
+
+@pytest.mark.parametrize("damage", ["delete", "crash"])
+def test_a_completed_case_is_never_turned_into_a_quarantined_one(store, damage):
+    store.put_bytes("in/a", b"1")
+    assert run_cases(NeedsInput(), context(store), ["a"]).ok == ["a"]
+    completed = store.get_bytes(layout.manifest_key("r1", "echo", "a"))
+    if damage == "delete":
+        store.delete("in/a")
+    else:
+        store.put_bytes("in/a", b"crash")
+    with pytest.raises(ConflictError, match="never overwritten"):
+        run_cases(NeedsInput(), context(store), ["a"])
+    assert store.get_bytes(layout.manifest_key("r1", "echo", "a")) == completed
+    assert not store.exists(layout.quarantine_key("r1", "echo", "a"))

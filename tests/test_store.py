@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
+import http.server
 import json
+import os
 import subprocess
 import threading
 import time
@@ -90,6 +93,64 @@ def test_retries_ride_out_a_server_restart(tmp_path):
         assert store.get_bytes("before") == b"1" and store.get_bytes("during") == b"2"
     finally:
         server.down()
+
+
+class FlakyProxy(http.server.ThreadingHTTPServer):
+    """Forwards to the real store, but answers the first ``failures`` POSTs itself with an HTML 503 page, as a
+    load balancer in front of MinIO does while its pods restart."""
+
+    def __init__(self, upstream: str, failures: int):
+        self.upstream, self.failures, self.requests = upstream, failures, []
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: FlakyProxy
+
+    def log_message(self, *args):
+        pass
+
+    def _relay(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.requests.append(self.command)
+        if self.command == "POST" and self.server.requests.count("POST") <= self.server.failures:
+            page = b"<html><body>503 Service Temporarily Unavailable</body></html>"
+            self.send_response(503)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
+        upstream = http.client.HTTPConnection(self.server.upstream, timeout=60)
+        upstream.request(self.command, self.path, body=body, headers=dict(self.headers))  # Host kept: SigV4
+        answer = upstream.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
+
+
+def test_html_503_from_a_proxy_is_retried(settings, tmp_path):
+    """A multipart upload starts with a POST, which urllib3 never retries; minio then raises a non-XML response
+    error. The store must treat that 503 as transient, and the upload must complete once the proxy recovers."""
+    proxy = FlakyProxy(settings.endpoint, failures=2)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        through = dataclasses.replace(settings, endpoint=f"127.0.0.1:{proxy.server_address[1]}")
+        store = ObjectStore(through, retry=RetryPolicy(attempts=5, base_s=0.05, cap_s=0.2))
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(6 * 1024 * 1024))  # over minio's 5 MiB part size: the POST-initiated path
+        store.put_file("big.bin", big)
+        assert proxy.requests.count("POST") > proxy.failures  # initiate (refused twice, then through) and complete
+        assert ObjectStore(settings).get_bytes("big.bin") == big.read_bytes()
+    finally:
+        proxy.shutdown()
 
 
 def test_gives_up_with_a_clear_error(tmp_path):

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from minio.error import S3Error
+from minio.error import MinioException
 
 from . import logs
 from .config import ConfigError
@@ -59,7 +59,7 @@ def execute(stage: str, args: argparse.Namespace, body: Callable[[StageContext],
     except (ConfigError, SettingsError, ValueError) as exc:
         log.error("cannot run", extra={"error": str(exc)})
         code = EXIT_USAGE
-    except (StageError, ConflictError, StoreError, S3Error) as exc:
+    except (StageError, ConflictError, StoreError, MinioException) as exc:
         log.error("stage failed", extra={"error": str(exc)})
         code = EXIT_STAGE_FAILED
     finally:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from minio.error import S3Error
+from minio.error import MinioException
 from pydantic import BaseModel
 
 from . import layout, logs
@@ -168,9 +168,15 @@ class StageOutcome:
 
 def _quarantine(ctx: StageContext, case: str, reason: str, file: str | None, inputs: dict[str, ObjectRef],
                 params: dict[str, Any], fingerprint: str, clock: mf.Stopwatch) -> None:
+    key = layout.manifest_key(ctx.run_id, ctx.stage, case)
+    existing = mf.read(ctx.store, key)
+    if existing is not None and existing.ok:
+        # Later stages may already have used this output: it must not turn into "set aside" under them.
+        raise ConflictError(f"case {case}: stage '{ctx.stage}' already completed in run {ctx.run_id} and now "
+                            f"fails ({reason}); completed output is never overwritten: start a new run id")
     entry = {"stage": ctx.stage, "case": case, "reason": reason, "file": file, "run_id": ctx.run_id}
     ctx.store.put_json(layout.quarantine_key(ctx.run_id, ctx.stage, case), entry)
-    mf.write(ctx.store, layout.manifest_key(ctx.run_id, ctx.stage, case), mf.Manifest(
+    mf.write(ctx.store, key, mf.Manifest(
         stage=ctx.stage, run_id=ctx.run_id, case=case, status="quarantined",
         error=f"{file}: {reason}" if file else reason, fingerprint=fingerprint, code_version=mf.code_version(),
         params=params, inputs=mf.entries(inputs), details={"quarantine": entry}, **clock.stamp()))
@@ -220,6 +226,8 @@ def run_case(stage: CaseStage, ctx: StageContext, case: str, outcome: StageOutco
         stage=ctx.stage, run_id=ctx.run_id, case=case, fingerprint=fingerprint, code_version=mf.code_version(),
         params=params, inputs=mf.entries(inputs), outputs=mf.entries(result.outputs), details=result.details,
         **clock.stamp()))
+    if existing is not None:  # it was set aside before: the reason no longer holds
+        ctx.store.delete(layout.quarantine_key(ctx.run_id, ctx.stage, case))
     ctx.metrics.case_seconds.observe(time.perf_counter() - started)
     ctx.metrics.cases.labels("ok").inc()
     outcome.ok.append(case)
@@ -234,7 +242,7 @@ def run_cases(stage: CaseStage, ctx: StageContext, cases: Iterable[str]) -> Stag
             log.info("case started", extra={"progress": f"{n}/{len(cases)}"})
             try:
                 run_case(stage, ctx, case, outcome)
-            except (StageError, ConflictError, StoreError, S3Error):
+            except (StageError, ConflictError, StoreError, MinioException):  # the store, not the case
                 raise
             except Exception as exc:
                 # A bug or an unexpected file must not cost the other cases: set this one aside, keep the trace.

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error, ServerError
+from minio.error import InvalidResponseError, S3Error, ServerError
 
 from .settings import StoreSettings
 
@@ -81,6 +81,11 @@ class RetryPolicy:
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, S3Error):
         return exc.code in TRANSIENT_S3_CODES
+    if isinstance(exc, InvalidResponseError):
+        # A proxy or load balancer in front of the store answering 502/503/429 with an HTML page; minio keeps
+        # the status only in a private field.
+        status = getattr(exc, "_code", 0) or 0
+        return status == 429 or status >= 500
     return isinstance(exc, (ServerError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
 
 
