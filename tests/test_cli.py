@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from liverseg.graph import PIPELINE, topological
+from liverseg.stagecli import worker_command_line
 
 
 def liverseg(*args, env=None, cwd=None):
@@ -50,3 +51,12 @@ def test_logs_are_json_and_never_show_the_secret(store_env, tmp_path):
 def test_run_id_must_be_safe(store_env, tmp_path):
     done = liverseg("convert", "--run-id", "../escape", env={**store_env, "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
     assert done.returncode == 2 and "invalid run id" in done.stderr
+
+
+def test_workers_get_every_option_but_their_own_cases():
+    parent = ["infer", "--run-id", "r", "--model", "champion", "--workers", "2", "--case", "a", "--case=b",
+              "--device", "cpu"]
+    assert worker_command_line(parent, ["c", "d"]) == [
+        "infer", "--run-id", "r", "--model", "champion", "--device", "cpu", "--case", "c", "--case", "d"]
+    assert worker_command_line(["convert", "--run-id", "r", "--work", "3", "--workers=2"], ["x"]) == [
+        "convert", "--run-id", "r", "--case", "x"]

@@ -102,9 +102,14 @@ def test_convert_and_group_set_bad_cases_aside_and_go_on(store, settings, store_
         groups = store.get_json(layout.manifest_key(RUN, "group", case))["details"]["groups"]
         assert groups and all(g["stop"] - g["start"] == 64 for g in groups)
 
-    # A re-run skips every case and overwrites nothing.
+    # A re-run skips every case and overwrites nothing, also dealt to two worker processes.
     before = snapshot(store, f"runs/{RUN}/")
-    run_step(STEPS["convert"], spec, settings, logs)
+    workers = subprocess.run([sys.executable, "-m", "liverseg", "convert", "--run-id", RUN, "--workers", "2"],
+                             capture_output=True, text=True, env={**store_env, "PATH": "/usr/bin:/bin"},
+                             cwd=tmp_path, check=False, timeout=300)
+    assert workers.returncode == 0, workers.stderr[-2000:]
+    merged = json.loads(workers.stdout.strip().splitlines()[-1])
+    assert sorted(merged["skipped"]) == sorted(convert["ok"]) and set(merged["quarantined"]) == {"liver_80", "liver_81"}
     again = run_step(STEPS["group"], spec, settings, logs)["result"]
     assert snapshot(store, f"runs/{RUN}/") == before
     assert sorted(again["skipped"]) == sorted(c for c, s in statuses.items() if s == "ok")

@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(FAST_COMMANDS[argv[0]]).run(argv[1:]) or 0)
     limit_malloc_arenas()
     args = build_parser().parse_args(argv)
+    args.command_line = argv  # the stage --workers children rerun it with their own cases
     return int(args.func(args) or 0)
 
 

@@ -85,15 +85,30 @@ def run_per_case(stage: CaseStage, args: argparse.Namespace, default_cases: str 
             raise StageError(f"cases not in run {ctx.run_id}'s plan: {', '.join(unknown)}")
         workers = min(getattr(args, "workers", 1), len(chosen))
         if workers > 1:
-            return _in_workers(stage.name, args.run_id, chosen, workers)
+            return _in_workers(args.command_line, chosen, workers)
         return run_cases(stage, ctx, chosen).as_dict()
     return execute(stage.name, args, body)
 
 
-def _in_workers(stage: str, run_id: str, cases: list[str], workers: int) -> dict[str, Any]:
+def worker_command_line(command_line: list[str], cases: list[str]) -> list[str]:
+    """The parent's command line with its ``--case``/``--workers`` options replaced by ``cases``: every other
+    option (``--model``, ``--device``, …) reaches the worker unchanged."""
+    kept: list[str] = []
+    tokens = iter(command_line)
+    for token in tokens:
+        name, has_value, _ = token.partition("=")
+        # argparse accepts unambiguous prefixes (--work 2), so match those too
+        if len(name) > 2 and any(option.startswith(name) for option in ("--case", "--workers")):
+            if not has_value:
+                next(tokens, None)
+            continue
+        kept.append(token)
+    return [*kept, *(a for case in cases for a in ("--case", case))]
+
+
+def _in_workers(command_line: list[str], cases: list[str], workers: int) -> dict[str, Any]:
     chunks = [cases[i::workers] for i in range(workers)]
-    children = [subprocess.Popen([sys.executable, "-m", "liverseg", stage, "--run-id", run_id,
-                                  *(a for c in chunk for a in ("--case", c))],
+    children = [subprocess.Popen([sys.executable, "-m", "liverseg", *worker_command_line(command_line, chunk)],
                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                  env={**os.environ, ENV_WORKER: str(n)})
                 for n, chunk in enumerate(chunks)]
