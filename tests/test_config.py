@@ -33,6 +33,9 @@ def test_env_then_cli_override_the_profile():
     ("train.epochs=-1", "train.epochs"),
     ("group.remainder=keep", "group.remainder"),
     ("train.epochs", "expected section.field=value"),
+    ("train.patch=[96,96", "not valid YAML"),
+    ("train.patch=[40,40,40]", r"train.patch \[40, 40, 40\] must be multiples of 16"),
+    ("train.patch=null", "set train.patch .* or preprocess.resize"),
 ])
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_CONFIG = "LIVERSEG_CONFIG"
 ENV_PROFILE = "LIVERSEG_PROFILE"
 ENV_OVERRIDE_PREFIX = "LIVERSEG__"
 DEFAULT_PROFILE = "default"
+# The U-Net halves its input four times (strides 2, 2, 2, 2): other sizes fail to concatenate on the way up.
+NETWORK_DIVISOR = 16
 
 
 class ConfigError(ValueError):
@@ -108,6 +110,18 @@ class Profile(_Section):
     infer: InferConfig = InferConfig()
     promote: PromoteConfig = PromoteConfig()
 
+    @model_validator(mode="after")
+    def _network_input_fits(self) -> Profile:
+        shape = self.train.patch or self.preprocess.resize
+        if shape is None:
+            raise ValueError("set train.patch (patch training) or preprocess.resize (whole resized inputs): "
+                             "the network needs a fixed input shape")
+        if any(size % NETWORK_DIVISOR for size in shape):
+            source = "train.patch" if self.train.patch else "preprocess.resize"
+            raise ValueError(f"{source} {list(shape)} must be multiples of {NETWORK_DIVISOR} "
+                             "(the U-Net halves its input four times)")
+        return self
+
 
 def _profiles_file() -> str:
     custom = os.environ.get(ENV_CONFIG)
@@ -137,14 +151,22 @@ def parse_overrides(pairs: Iterable[str], origin: str = "--set") -> dict[str, An
         key, sep, raw = pair.partition("=")
         if not sep:
             raise ConfigError(f"{origin} {pair!r}: expected section.field=value")
-        _set_path(tree, key.strip(), yaml.safe_load(raw), origin)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{origin} {pair!r}: the value is not valid YAML ({exc.problem})") from None
+        _set_path(tree, key.strip(), value, origin)
     return tree
 
 
+def env_override_pairs(environ: Mapping[str, str]) -> list[str]:
+    """``LIVERSEG__TRAIN__EPOCHS=5`` as ``train.epochs=5``, in a stable order."""
+    return [f"{k[len(ENV_OVERRIDE_PREFIX):].lower().replace('__', '.')}={v}"
+            for k, v in sorted(environ.items()) if k.startswith(ENV_OVERRIDE_PREFIX)]
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    pairs = [f"{k[len(ENV_OVERRIDE_PREFIX):].lower().replace('__', '.')}={v}"
-             for k, v in sorted(environ.items()) if k.startswith(ENV_OVERRIDE_PREFIX)]
-    return parse_overrides(pairs, origin="environment")
+    return parse_overrides(env_override_pairs(environ), origin="environment")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +189,8 @@ def load_profile(name: str | None = None, overrides: Iterable[str] = (),
     try:
         return Profile(name=name, **tree)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else
+                             e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise ConfigError(f"profile '{name}': {problems}") from None
 
 
