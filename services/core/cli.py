@@ -99,7 +99,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 # -- run -----------------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from . import logs
-    from .config import ConfigError, load_profile
+    from .config import ConfigError, env_override_pairs, load_profile
     from .graph import PIPELINE
     from .msd import DatasetError, ingest
     from .runner import RunFailed, RunSpec, format_summary, run_pipeline
@@ -114,8 +114,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"liverseg run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     started_store = None
-    import os
-
     if ENV_ENDPOINT not in os.environ:
         embedded = _embedded(args)
         if not embedded.running():
@@ -143,7 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if ingested["set_aside"]:
             print(f"  set aside at ingest: {ingested['set_aside']}")
         run_id = args.run_id or f"{profile.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-        spec = RunSpec(run_id=run_id, dataset=dataset, profile=profile.name, overrides=list(args.set),
+        spec = RunSpec(run_id=run_id, dataset=dataset, profile=profile.name,
+                       overrides=[*env_override_pairs(os.environ), *args.set],
                        max_cases=args.max_cases)
         print(f"run {run_id}: {len(PIPELINE)} steps, each in its own process")
         try:

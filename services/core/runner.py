@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
+from .config import ENV_CONFIG
 from .graph import PIPELINE, Step, topological
 from .settings import ENV_HOME, StoreSettings
 from .store import ObjectStore
@@ -30,6 +31,9 @@ class RunFailed(RuntimeError):
 
 @dataclass
 class RunSpec:
+    """One run's arguments. ``overrides`` carries every override (environment ones first, then ``--set``):
+    steps see no ``LIVERSEG__*`` variables, so the plan records exactly what the run was checked with."""
+
     run_id: str
     dataset: str
     profile: str
@@ -53,6 +57,8 @@ def run_step(step: Step, spec: RunSpec, settings: StoreSettings, log_dir: Path) 
     for name in ("LIVERSEG_PUSHGATEWAY", "LIVERSEG_LOG_LEVEL", "LIVERSEG_CODE_VERSION", "LIVERSEG_S3_RETRY_ATTEMPTS"):
         if name in os.environ:
             env[name] = os.environ[name]
+    if ENV_CONFIG in os.environ:  # the profiles file the run was checked against; the step runs elsewhere
+        env[ENV_CONFIG] = str(Path(os.environ[ENV_CONFIG]).resolve())
     log_file = log_dir / f"{step.name}.log"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"liverseg-{step.name}-") as cwd, open(log_file, "wb") as log:
