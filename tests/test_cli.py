@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
 import pytest
 
+from liverseg import logs
 from liverseg.graph import PIPELINE, topological
 from liverseg.stagecli import worker_command_line
 
@@ -60,3 +62,12 @@ def test_workers_get_every_option_but_their_own_cases():
         "infer", "--run-id", "r", "--model", "champion", "--device", "cpu", "--case", "c", "--case", "d"]
     assert worker_command_line(["convert", "--run-id", "r", "--work", "3", "--workers=2"], ["x"]) == [
         "convert", "--run-id", "r", "--case", "x"]
+
+
+def test_a_secret_with_quotes_backslashes_and_accents_is_scrubbed(capsys):
+    secret = 'pa"ss\\wörd-99'
+    logs.configure()
+    logs.register_secret(secret)
+    logging.getLogger("liverseg.test").error("failed", extra={"error": f"auth with {secret} refused"})
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert json.loads(line)["error"] == "auth with *** refused"

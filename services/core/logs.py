@@ -30,6 +30,7 @@ def register_secret(value: str | None) -> None:
     """Never print ``value``; short strings are ignored (they would mask ordinary words)."""
     if value and len(value) >= 6:
         _secrets.add(value)
+        _secrets.add(json.dumps(value)[1:-1])  # as it appears inside a JSON line (quotes, backslashes, non-ASCII)
 
 
 def scrub(text: str) -> str:
