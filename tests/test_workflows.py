@@ -250,6 +250,13 @@ def test_train_requests_gpus_and_runs_where_the_site_says():
             assert "nodeSelector" not in templates(wt)[step.name]
 
 
+def test_only_promote_holds_the_champion_lock(rendered):
+    """Two runs promoting at once could both gate against the old champion and crown the worse challenger."""
+    wt = objects(rendered, "WorkflowTemplate")[pipeline.NAME]
+    locked = {name: t["synchronization"] for name, t in templates(wt).items() if "synchronization" in t}
+    assert locked == {"promote": {"mutexes": [{"name": "liverseg-champion"}]}}
+
+
 def test_retrain_cron_runs_the_pipeline_template_on_the_sites_schedule_one_at_a_time(rendered):
     (cron,) = objects(rendered, "CronWorkflow").values()
     spec = cron["spec"]

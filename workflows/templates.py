@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hera.workflows import DAG, Container, EmptyDirVolume, Resources, Task
-from hera.workflows.models import ArtifactRepositoryRef, Metadata, PodGC, TTLStrategy
+from hera.workflows.models import ArtifactRepositoryRef, Metadata, Mutex, PodGC, Synchronization, TTLStrategy
 from hera.workflows.models import Toleration as ModelToleration
 
 from liverseg.graph import Step
@@ -81,6 +81,8 @@ def step_template(step: Step, values: WorkflowValues, *, name: str | None = None
     """The container template of ``step``: ``liverseg <step.args> <extra_args>`` in the step's image."""
     if step.gpu:
         template.update(gpu_scheduling(values))
+    if step.mutex:
+        template["synchronization"] = Synchronization(mutexes=[Mutex(name=step.mutex)])
     resources = template.pop("resources", STEP_RESOURCES.get(step.name, DEFAULT_RESOURCES))
     return liverseg_container(name or step.name, step.image, [*step_command(step, per_case), *extra_args],
                               [*step_inputs(step, per_case), *extra_inputs], resources, retry_strategy=RETRY_TRANSIENT,

@@ -21,7 +21,8 @@ class Step:
 
     ``args`` is the step's argument list with ``{placeholders}`` filled from the run's values: the runner passes
     real values, the workflow generator passes Argo expressions. ``fan_out`` names the cases a per-case step
-    runs over (one pod each in Argo): ``cases`` = every planned case, ``test`` = the held-out cases.
+    runs over (one pod each in Argo): ``cases`` = every planned case, ``test`` = the held-out cases. Steps naming
+    the same ``mutex`` never run at once, across runs (Argo ``synchronization.mutexes``).
     """
 
     name: str
@@ -32,6 +33,7 @@ class Step:
     fan_out: FanOut = "none"
     gpu: bool = False
     extra_args: tuple[str, ...] = ()
+    mutex: str | None = None
 
     def args(self, values: Mapping[str, str], case: str | None = None) -> list[str]:
         argv = [self.name, "--run-id", values["run_id"]]
@@ -59,7 +61,9 @@ PIPELINE: tuple[Step, ...] = (
     Step("evaluate", image="infer", module="liverseg.infer.evaluate_cli", needs=("infer",),
          summary="held-out scores -> the run's summary"),
     Step("promote", image="infer", module="liverseg.infer.promote_cli", needs=("evaluate",),
-         summary="register the model; it becomes champion only if not worse on the same held-out cases"),
+         summary="register the model; it becomes champion only if not worse on the same held-out cases",
+         # Read champion, gate, move the pointer: two runs doing this at once could crown the worse model.
+         mutex="liverseg-champion"),
 )
 
 STEPS: dict[str, Step] = {s.name: s for s in PIPELINE}
