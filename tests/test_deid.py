@@ -11,9 +11,11 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 
 from liverseg.convert.stage import nifti_to_dicom
 from liverseg.imaging import dicom_read
+from liverseg.imaging.deid import Deidentifier
 from liverseg.imaging.geometry import Volume
 from liverseg.synth import GridSpec, make_phantom
 
@@ -95,3 +97,16 @@ def test_refuses_short_keys_and_existing_output(study, tmp_path):
     assert deidentify(study, tmp_path / "out", key).returncode == 0
     done = deidentify(study, tmp_path / "out", key)
     assert done.returncode == 1 and "not overwritten" in done.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
+def test_malformed_and_unshiftable_dates_are_removed_not_fatal():
+    """Dates that are not calendar dates, or would move before year 1, are emptied (the profile allows removing
+    them); a year below 1000 keeps its four digits."""
+    ds = Dataset()
+    ds.PatientID = "P7"
+    ds.PatientBirthDate, ds.StudyDate, ds.SeriesDate = "00000000", "20230230", "00010101"
+    ds.AcquisitionDateTime, ds.ContentDate = "00010101120000", "05000101"
+    Deidentifier(b"a-long-enough-secret-key-0123456789").apply(ds)
+    assert (ds.PatientBirthDate, ds.StudyDate, ds.SeriesDate, ds.AcquisitionDateTime) == ("", "", "", "")
+    assert len(ds.ContentDate) == 8 and ds.ContentDate.startswith("049")  # 1-3650 days before 0500-01-01

@@ -16,7 +16,8 @@ from dicom_helpers import assert_one_line_error, liverseg, rewrite, tcia_files
 from pydicom.uid import JPEG2000Lossless
 
 from liverseg.errors import InputError
-from liverseg.imaging import dicom_read
+from liverseg.imaging import dicom_read, dicom_write, seg
+from liverseg.imaging.geometry import Volume
 
 
 @pytest.fixture
@@ -158,3 +159,16 @@ def test_nifti_label_grid_differs_from_image(tmp_path):
                     tmp_path / "lab.nii.gz")
     assert_one_line_error(done, "img.nii.gz", "label grid (16, 16, 7)", "differs from the image grid (16, 16, 8)")
     assert not (tmp_path / "out").exists()
+
+
+def test_seg_covering_only_some_slices_of_the_series():
+    image = Volume(np.zeros((16, 16, 4), np.int16), np.diag([0.8, 0.8, 2.5, 1.0]))
+    series = dicom_write.encode_series(image, dicom_write.SeriesInfo("p1", "ns-partial"))
+    sources = series.datasets(with_pixels=False)
+    label = np.zeros((16, 16, 3), np.uint8)
+    label[2:5, 2:5, 1] = 1
+    partial = seg.label_to_seg(label, sources[:3], "ns-partial")
+    with pytest.raises(InputError, match=r"SEG covers 3 of the series' 4 slices \(1 missing") as caught:
+        seg.seg_to_label(partial, series.sop_instance_uids, [[float(v) for v in ds.ImagePositionPatient]
+                                                            for ds in sources])
+    assert f"the first SOP Instance UID {series.sop_instance_uids[3]})" in str(caught.value)

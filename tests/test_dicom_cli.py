@@ -10,8 +10,10 @@ import sys
 import nibabel as nib
 import numpy as np
 import pydicom
+import pytest
 from dicom_helpers import assert_one_line_error, dcmqi_dir, liverseg, rewrite, tcia_files
 
+from liverseg import dicomtools
 from liverseg.imaging.seg import same_seg
 
 
@@ -83,6 +85,46 @@ def test_from_nifti_is_idempotent_and_never_overwrites(tmp_path):
             item.DimensionOrganizationUID for item in ds.DimensionIndexSequence}
     assert (a.SOPInstanceUID, a.SeriesInstanceUID, a.DimensionOrganizationSequence[0].DimensionOrganizationUID) == (
         b.SOPInstanceUID, b.SeriesInstanceUID, b.DimensionOrganizationSequence[0].DimensionOrganizationUID)
+
+
+def small_case(folder):
+    """(image, label) NIfTI files of a small CT with a liver label."""
+    affine = np.diag([-0.9, -0.9, 2.5, 1.0])
+    data = np.random.default_rng(1).integers(-1000, 1500, size=(16, 12, 3)).astype(np.int16)
+    mask = np.zeros(data.shape, np.uint8)
+    mask[3:9, 2:7, 1:3] = 1
+    nib.save(nib.Nifti1Image(data, affine), folder / "img.nii.gz")
+    nib.save(nib.Nifti1Image(mask, affine), folder / "lab.nii.gz")
+    return folder / "img.nii.gz", folder / "lab.nii.gz"
+
+
+def test_from_nifti_never_replaces_or_orphans_a_seg(tmp_path):
+    """A seg.dcm without ct/ beside it is output too: neither replaced (with --label) nor left beside new CT."""
+    image, label = small_case(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "seg.dcm").write_bytes(b"a SEG from another run")
+    for extra in ({}, {"label_path": label}):
+        with pytest.raises(dicomtools.OutputExists, match=r"seg\.dcm not what this input gives.*not overwritten"):
+            dicomtools.from_nifti(image, out, **extra)
+    assert sorted(p.name for p in out.iterdir()) == ["seg.dcm"]
+    assert (out / "seg.dcm").read_bytes() == b"a SEG from another run"
+    dicomtools.from_nifti(image, out, label_path=label, overwrite=True)
+    assert pydicom.dcmread(out / "seg.dcm").Modality == "SEG"
+
+
+def test_from_nifti_refuses_a_patient_id_dicom_cannot_hold(tmp_path):
+    """One line, exit 1, nothing written: for --patient-id, and for a file name taken as the patient id."""
+    image, _ = small_case(tmp_path)
+    named = image.rename(tmp_path / "患者_1.nii.gz")
+    out = tmp_path / "out"
+    assert_one_line_error(liverseg("dicom", "from-nifti", named, out), "has characters DICOM cannot hold",
+                          "it comes from the image file name: give a patient id (--patient-id)")
+    assert_one_line_error(liverseg("dicom", "from-nifti", named, out, "--patient-id", "A\\B"),
+                          "patient id 'A\\\\B' has characters DICOM cannot hold")
+    assert not out.exists()
+    assert liverseg("dicom", "from-nifti", named, out, "--patient-id", "P1").returncode == 0
+    assert pydicom.dcmread(out / "ct" / "0001.dcm").PatientID == "P1"
 
 
 def test_group_splits_a_folder_into_series_and_reports_each(tmp_path):

@@ -17,7 +17,8 @@ from pydicom.uid import (
 )
 
 from liverseg.errors import InputError
-from liverseg.imaging import dicom_pixels, dicom_read, dicom_scan, nifti1
+from liverseg.imaging import dicom_pixels, dicom_read, dicom_scan, dicom_write, nifti1
+from liverseg.imaging.geometry import Volume
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +233,23 @@ def test_scanner_skips_nested_undefined_length_sequences():
     found = dicom_scan.scan(b"\0" * 128 + b"DICM" + meta + body, frozenset({0x00080060, 0x00280010, 0x00080100}))
     assert found.values == {0x00020010: b"1.2.840.10008.1.2.1\0", 0x00080060: b"CT", 0x00280010: b"\4\0"}
     assert found.pixel_length == 8
+
+
+def test_a_head_ending_right_before_the_pixel_data_is_read_on(tmp_path):
+    """A private element pads the header so the 16 KiB head ends exactly where PixelData starts: the head scans
+    cleanly without pixel data, so the rest of the file must be read, not the file called pixel-less."""
+    volume = Volume(np.arange(16 * 16 * 2, dtype=np.int16).reshape(16, 16, 2), np.diag([0.8, 0.8, 2.5, 1.0]))
+    header, pixels = dicom_write.encode_series(volume, dicom_write.SeriesInfo("p1", "ns-head")).parts[0]
+    body, pixel_head = header[:-12], header[-12:]  # PixelData's element header ends the encoded header
+    creator = struct.pack("<HH2sH", 0x0029, 0x0010, b"LO", 4) + b"TEST"
+    padding = dicom_read.HEAD_BYTES - len(body) - len(creator) - 12
+    assert padding > 0 and padding % 2 == 0
+    private = struct.pack("<HH2sHI", 0x0029, 0x1010, b"OB", 0, padding) + bytes(padding)
+    path = tmp_path / "0001.dcm"
+    path.write_bytes(body + creator + private + pixel_head + bytes(pixels))
+    h = dicom_read.read_header(path)
+    assert h.pixel_offset == dicom_read.HEAD_BYTES + 12
+    np.testing.assert_array_equal(dicom_read.stack_to_volume([h]).array[:, :, 0], volume.array[:, :, 0])
 
 
 # -- DICOM -> NIfTI file: the byte copy (no numpy) and the decoding path write the same voxels ----------------

@@ -92,6 +92,22 @@ def test_rescale_never_overflows_and_errs_at_most_half_a_step(name):
     assert np.all(np.diff(back[np.argsort(hu, kind="stable")]) >= 0)
 
 
+def test_a_range_ds_rounding_closes_is_one_value():
+    """0.3 and the float just below it are both "0.3" as DS: nothing left to spread over uint16 (no slope 0)."""
+    r = dicom_write.choose_rescale(np.array([np.nextafter(0.3, 0), 0.3]))
+    assert (r.slope, r.intercept) == (1.0, 0.3) and not r.stored.any()
+
+
+def test_patient_ids_dicom_cannot_hold_are_refused():
+    """The files declare Latin-1; a backslash would split the ID into two values."""
+    for patient_id in ("患者_1", "A\\B", "A\nB"):
+        with pytest.raises(InputError, match="has characters DICOM cannot hold"):
+            dicom_write.SeriesInfo(patient_id=patient_id, uid_namespace="ns")
+    info = dicom_write.SeriesInfo(patient_id="Müller-Åse", uid_namespace="ns")
+    ds = dicom_write.encode_series(Volume(ramp((4, 4, 2)), np.eye(4)), info).datasets(with_pixels=False)[0]
+    assert (ds.PatientID, str(ds.PatientName)) == ("Müller-Åse", "Müller-Åse^")
+
+
 def test_fractional_hu_survive_a_file_round_trip(tmp_path):
     hu = ramp(dtype=np.float32) + np.float32(0.25)
     image = Volume(hu, np.diag([0.7, 0.7, 2.0, 1.0]))

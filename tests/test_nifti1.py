@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -114,6 +116,17 @@ def test_broken_files_are_input_errors(tmp_path):
     nifti.save_fast(tmp_path / "nan.nii", Volume(nan, AFFINES[0]))
     with pytest.raises(InputError, match="1 NaN/Inf voxels"):
         nifti.load_fast(tmp_path / "nan.nii")
+
+
+@pytest.mark.parametrize("offset", [float("inf"), float("nan")])
+def test_non_finite_vox_offset_is_an_input_error(offset, tmp_path):
+    path = nifti.save_fast(tmp_path / "ok.nii", Volume(np.zeros((4, 4, 3), np.int16), AFFINES[0]))
+    raw = bytearray(path.read_bytes())
+    raw[108:112] = struct.pack("<f", offset)
+    (tmp_path / "bad.nii").write_bytes(raw)
+    with pytest.raises(InputError, match=r"vox_offset (inf|nan) is not a byte offset") as caught:
+        nifti.load_fast(tmp_path / "bad.nii")
+    assert caught.value.file == "bad.nii"
 
 
 def test_save_fast_and_save_agree(tmp_path):

@@ -37,7 +37,9 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("image", type=Path, metavar="IMAGE.nii.gz")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--label", type=Path, metavar="LABEL.nii.gz", help="label map on the image's voxels")
-    p.add_argument("--patient-id", default=None, help="Patient ID (default: the image file name)")
+    p.add_argument("--patient-id", default=None,
+                   help="Patient ID, Latin-1 without backslash (default: the image file name less .nii/.nii.gz, "
+                        "refused when it has other characters)")
     p.add_argument("--namespace", default="", help="extra text mixed into the UIDs (e.g. a site or run id)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR/ct and seg.dcm if they differ")
     p = actions.add_parser("group", help="every CT series in a folder -> fixed-size slice groups + report.json",

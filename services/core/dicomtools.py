@@ -116,6 +116,14 @@ def from_nifti(image_path: Path, out_dir: Path, *, label_path: Path | None = Non
 
     from .imaging import dicom_write
 
+    patient = patient_id or re.sub(r"\.nii(\.gz)?$", "", Path(image_path).name)[:64] or "anonymous"
+    try:
+        dicom_write.check_patient_id(patient)  # before the inputs are read: the slow part
+    except InputError as exc:
+        if patient_id:
+            raise
+        raise InputError(f"{exc.reason}; it comes from the image file name: give a patient id (--patient-id)"
+                         ) from None
     inputs = [Path(p) for p in (image_path, label_path) if p is not None]
     with ThreadPoolExecutor(1) as pool:
         # Hash the input files (for the UIDs) while they are decoded: hashlib releases the GIL.
@@ -134,7 +142,6 @@ def from_nifti(image_path: Path, out_dir: Path, *, label_path: Path | None = Non
         from .imaging.label import check_label
 
         values = check_label(label, grid)
-    patient = patient_id or re.sub(r"\.nii(\.gz)?$", "", Path(image_path).name)[:64] or "anonymous"
     series = encode(dicom_write.SeriesInfo(patient_id=patient, uid_namespace=namespace))
     out_dir = Path(out_dir)
     ct_dir, seg_path = out_dir / "ct", out_dir / "seg.dcm"
@@ -143,13 +150,17 @@ def from_nifti(image_path: Path, out_dir: Path, *, label_path: Path | None = Non
         seg_bytes = _seg_bytes(values, series, namespace)
     result = FromNiftiResult(out_dir, len(series.parts), series.series_instance_uid,
                              seg_path if seg_bytes is not None else None)
-    if ct_dir.exists() and not overwrite:
+    # Either one left from another run is refused: a seg.dcm would be replaced, or left beside CT it does not fit.
+    if (ct_dir.exists() or seg_path.exists()) and not overwrite:
         if seg_bytes is None:
             seg_same = not seg_path.exists()
         else:
             seg_same = seg_path.is_file() and _same_seg_file(seg_path, seg_bytes)
-        if not (seg_same and dicom_write.same_files(series, ct_dir)):
-            raise OutputExists(f"{ct_dir} exists with other content; not overwritten (remove it, or --force)")
+        ct_same = dicom_write.same_files(series, ct_dir)
+        if not (seg_same and ct_same):
+            differ = " and ".join(name for name, same in (("ct/", ct_same), ("seg.dcm", seg_same)) if not same)
+            raise OutputExists(f"{out_dir} exists with other content ({differ} not what this input gives); "
+                               "not overwritten (remove it, or --force)")
         result.unchanged = True
         return result
     if overwrite and ct_dir.exists():

@@ -66,10 +66,15 @@ class Deidentifier:
         return f"2.25.{int.from_bytes(self._digest('uid', original)[:16], 'big')}"
 
     def _date(self, value: str, shift: int) -> str:
+        """``value`` (DA, or DT: its date part) moved ``shift`` days back; '' for what is not a calendar date or
+        would move before year 1 (the profile allows removing a date: better than keeping it or failing)."""
         if len(value) < 8 or not value[:8].isdigit():
             return ""
-        moved = date(int(value[:4]), int(value[4:6]), int(value[6:8])) - timedelta(days=shift)
-        return moved.strftime("%Y%m%d") + value[8:]
+        try:
+            moved = date(int(value[:4]), int(value[4:6]), int(value[6:8])) - timedelta(days=shift)
+        except (ValueError, OverflowError):  # '00000000', '20230230'; '00010102' shifted back
+            return ""
+        return moved.isoformat().replace("-", "") + value[8:]  # strftime's %Y drops the zeros of years < 1000
 
     def apply(self, ds: Dataset) -> Dataset:
         """De-identify ``ds`` in place (its file meta too) and return it."""

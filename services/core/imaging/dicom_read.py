@@ -290,6 +290,10 @@ def read_header(path: Path) -> SliceHeader:
             except dicom_scan.Truncated:
                 if size <= len(head):
                     raise
+                found = None
+            # A head that ends exactly between two elements scans cleanly without PixelData: only the rest of the
+            # file tells whether it has any.
+            if found is None or (found.pixel_offset is None and size > len(head)):
                 head += fh.read()
                 found = dicom_scan.scan(head, WANTED)
     except dicom_scan.Truncated as exc:

@@ -101,10 +101,11 @@ def choose_rescale(hu: np.ndarray) -> Rescale:
     if integral and hi - lo <= UINT16_MAX and abs(lo) < 1e15:
         return Rescale((hu.astype(np.int64) - int(lo)).astype(np.uint16), 1.0, float(lo))
     intercept = float(_ds_decimal(float(lo)))
-    if hi == lo:
-        return Rescale(np.zeros(hu.shape, dtype=np.uint16), 1.0, intercept)
     # Spread the range over uint16 with the slope exactly as written (DS text), nudged up until the top fits.
     slope = float(_ds_decimal((float(hi) - intercept) / UINT16_MAX))
+    if hi == lo or slope <= 0:
+        # One value, or a range that DS rounding of the intercept closes (it may even pass ``hi``): constant.
+        return Rescale(np.zeros(hu.shape, dtype=np.uint16), 1.0, intercept)
     while (float(hi) - intercept) / slope > UINT16_MAX + 0.5:
         slope = float(_ds_decimal(slope * (1 + 1e-12)))
     scaled = (hu.astype(np.float64) - intercept) / slope
@@ -150,15 +151,29 @@ def _file_meta(sop_instance_uid: str, implementation_version: str) -> bytes:
     return b"\0" * 128 + b"DICM" + _element(0x00020000, "UL", len(body)) + body
 
 
+def check_patient_id(patient_id: str) -> None:
+    """``InputError`` unless ``patient_id`` can be written as it is into Patient ID (LO) and Patient's Name (PN):
+    the files declare ISO_IR 100 (Latin-1), a backslash separates values (it would split the ID in two) and
+    control characters are not allowed in either VR."""
+    bad = sorted({c for c in patient_id if c == "\\" or ord(c) > 0xFF or ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F})
+    if bad:
+        shown = " ".join(repr(c) for c in bad[:5]) + (" …" if len(bad) > 5 else "")
+        raise InputError(f"patient id {patient_id!r} has characters DICOM cannot hold here ({shown}): use Latin-1 "
+                         "letters, digits and punctuation, without backslash or control characters")
+
+
 @dataclass(frozen=True)
 class SeriesInfo:
-    """Who and what the series is about. ``patient_id`` defaults to the case id."""
+    """Who and what the series is about. ``patient_id`` defaults to the case id (``check_patient_id``)."""
 
     patient_id: str
     uid_namespace: str
     series_description: str = "liverseg CT from NIfTI"
     series_number: int = 1
     study_id: str = "1"
+
+    def __post_init__(self) -> None:
+        check_patient_id(self.patient_id)
 
 
 @dataclass

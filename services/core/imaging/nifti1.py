@@ -197,6 +197,8 @@ def decode_header(raw: bytes) -> Header:
         affine = qform_affine(qparams[:3], qfac, pixdim[1:4], qparams[3:])
     else:
         affine = None
+    if not math.isfinite(vox_offset):
+        raise ValueError(f"vox_offset {vox_offset} is not a byte offset")
     if not math.isfinite(slope) or slope == 0:
         slope, inter = 1.0, 0.0
     if not math.isfinite(inter):

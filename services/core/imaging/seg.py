@@ -160,6 +160,10 @@ def seg_to_label(seg_ds: Dataset, source_uids: Sequence[str],
     missing = [u for u in source_uids if u not in referenced]
     if len(missing) == len(source_uids):
         raise InputError("SEG does not reference any slice of this series")
+    if missing:
+        # Unreferenced slices have no label, not an empty one: refused rather than guessed as background.
+        raise InputError(f"SEG covers {len(source_uids) - len(missing)} of the series' {len(source_uids)} slices "
+                         f"({len(missing)} missing, the first SOP Instance UID {missing[0]})")
     kwargs = dict(source_sop_instance_uids=list(source_uids), segment_numbers=numbers, combine_segments=True,
                   skip_overlap_checks=True, dtype=np.uint8)
     try:
