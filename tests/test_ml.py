@@ -143,3 +143,35 @@ def test_time_budget_stops_after_a_validated_epoch():
     state = Trainer(profile.train, profile.infer, torch.device("cpu")).fit(tiny_samples(), tiny_samples(1))
     assert state.epoch == 1 and "val_dice" in state.history[-1]
     assert state.best_epoch == 1 and state.best_model is not None
+
+
+def test_no_resume_discards_the_abandoned_attempts_checkpoints(store, tmp_path, monkeypatch):
+    """--no-resume after a full attempt: the old, higher-epoch checkpoints must not outrank the fresh run's (pruning
+    would delete the new ones) nor be what a later resume loads."""
+    import io
+
+    from liverseg.metrics import StageMetrics
+    from liverseg.stagekit import CaseEntry, Plan, StageContext
+    from liverseg.train.stage import TrainStage
+
+    sample = tiny_samples(1)[0]
+    buffer = io.BytesIO()
+    np.savez(buffer, image=sample.image.numpy(), label=sample.label.numpy())
+    refs = {"runs/r/preprocess/a/volume.npz": store.put_bytes("runs/r/preprocess/a/volume.npz", buffer.getvalue())}
+    profile = load_profile("default", environ={}, overrides=[
+        "train.epochs=3", "train.patch=[32,32,32]", "train.val_interval=1", "train.samples_per_volume=1",
+        "train.checkpoint_every=1"])
+    plan = Plan(run_id="r", dataset="d", cases={"a": CaseEntry(image="i", label="l", patient="a")},
+                split={"train": ["a"], "val": [], "test": []}, profile=profile.model_dump(mode="json"))
+    ctx = StageContext(store=store, run_id="r", stage="train", metrics=StageMetrics("train", "r"), plan=plan)
+    TrainStage(ctx, resume="auto", device="cpu")._train(tmp_path, refs, {}, {}, "FP")
+    assert [epoch for epoch, _ in TrainStage(ctx, device="cpu")._checkpoints()] == [2, 3]
+
+    def killed(self) -> bool:  # the fresh attempt dies right after its first checkpoint
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StageMetrics, "push", killed)
+    with pytest.raises(KeyboardInterrupt):
+        TrainStage(ctx, resume="never", device="cpu")._train(tmp_path, refs, {}, {}, "FP")
+    assert [epoch for epoch, _ in TrainStage(ctx, device="cpu")._checkpoints()] == [1]
+    assert TrainStage(ctx, resume="auto", device="cpu")._resume_state("FP").epoch == 1

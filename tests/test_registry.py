@@ -11,6 +11,7 @@ from liverseg.infer.promote import gate, promote
 from liverseg.metrics import StageMetrics
 from liverseg.registry import Registry, RegistryError, held_out_id
 from liverseg.stagekit import CaseEntry, Plan, StageContext
+from liverseg.train.stage import to_bytes
 
 
 def test_gate():
@@ -20,17 +21,19 @@ def test_gate():
     assert gate(0.93, 0.94, 0.02)[0] is True          # tolerance is configurable
 
 
-def fake_run(store, run_id, per_case_dice):
-    """A run whose train and evaluate stages are complete, as the pipeline leaves them (no training needed)."""
+def fake_run(store, run_id, per_case_dice, trained_on=(), validated_on=(), dataset="d"):
+    """A run whose train and evaluate stages are complete, as the pipeline leaves them (no training needed).
+    The model file carries only the payload's case lists: the gate reads them, and scores come from evaluations."""
     cases = {}
     for case in per_case_dice:
-        image = store.put_bytes(f"datasets/d/imagesTr/{case}.nii.gz", f"img-{case}".encode())
-        label = store.put_bytes(f"datasets/d/labelsTr/{case}.nii.gz", f"lab-{case}".encode())
+        image = store.put_bytes(f"datasets/{dataset}/imagesTr/{case}.nii.gz", f"img-{dataset}-{case}".encode())
+        label = store.put_bytes(f"datasets/{dataset}/labelsTr/{case}.nii.gz", f"lab-{dataset}-{case}".encode())
         cases[case] = CaseEntry(image=image.key, label=label.key, patient=case)
     profile = load_profile("default", environ={})
-    plan = Plan(run_id=run_id, dataset="d", cases=cases, split={"train": [], "val": [], "test": list(cases)},
+    plan = Plan(run_id=run_id, dataset=dataset, cases=cases, split={"train": [], "val": [], "test": list(cases)},
                 profile=profile.model_dump(mode="json"))
-    model = store.put_bytes(f"runs/{run_id}/train/model.pt", f"weights of {run_id}".encode())
+    model = store.put_bytes(f"runs/{run_id}/train/model.pt", to_bytes(
+        {"run_id": run_id, "train_cases": sorted(trained_on), "val_cases": sorted(validated_on)}))
     stamp = mf.Stopwatch().stamp()
     for stage, outputs, details in (
             ("plan", [], {"plan": plan.model_dump(mode="json")}),
@@ -68,6 +71,58 @@ def test_first_model_becomes_champion_then_worse_is_refused_and_better_promoted(
     assert registry.resolve("champion") == "models/run-a/model.pt"
     with pytest.raises(RegistryError, match="no model version"):
         registry.resolve("never-trained")
+
+
+def scored_champion_on(store, champion, ctx, mean_dice):
+    """The champion's stored evaluation on all of ``ctx``'s held-out cases (as an earlier gate would leave it)."""
+    held = held_out_id({c: {"image": store.stat(e.image).sha256, "label": store.stat(e.label).sha256}
+                        for c, e in ctx.plan.cases.items()})
+    store.put_json(Registry(store).evaluation_key(champion, held), {"held_out": held, "mean_dice": mean_dice})
+
+
+def test_gate_compares_only_cases_the_champion_never_trained_or_validated_on(store):
+    registry = Registry(store)
+    promote(fake_run(store, "run-a", {"c2": 0.80, "c3": 0.80}, trained_on=["c1"], validated_on=["c4"]))
+    challenger = fake_run(store, "run-b", {"c1": 0.88, "c2": 0.88, "c3": 0.88, "c4": 0.88})
+    # Counting c1 and c4, which it trained and validated on, the champion would score 0.895 and block run-b.
+    scored_champion_on(store, "run-a", challenger, 0.895)
+    decision = promote(challenger)["decision"]
+    assert decision["promoted"] is True and registry.champion() == "run-b"
+    assert decision["compared_cases"] == 2
+    assert decision["dropped_cases"] == {"c1": "champion run-a trained on it", "c4": "champion run-a validated on it"}
+    assert decision["challenger_dice"] == pytest.approx(0.88) and decision["champion_dice"] == pytest.approx(0.80)
+
+
+def test_no_promotion_when_every_held_out_case_was_seen_by_the_champion(store):
+    registry = Registry(store)
+    promote(fake_run(store, "run-a", {"c3": 0.80}, trained_on=["c1"], validated_on=["c2"]))
+    challenger = fake_run(store, "run-b", {"c1": 0.99, "c2": 0.99})
+    scored_champion_on(store, "run-a", challenger, 0.90)
+    decision = promote(challenger)["decision"]
+    assert decision["promoted"] is False and registry.champion() == "run-a"
+    assert decision["compared_cases"] == 0 and set(decision["dropped_cases"]) == {"c1", "c2"}
+    assert "no fair comparison" in decision["reason"]
+
+
+def test_case_ids_of_another_dataset_are_other_patients(store):
+    promote(fake_run(store, "run-a", {"c3": 0.80}, trained_on=["c1"], validated_on=["c2"], dataset="other"))
+    challenger = fake_run(store, "run-b", {"c1": 0.90, "c2": 0.90})
+    scored_champion_on(store, "run-a", challenger, 0.85)
+    decision = promote(challenger)["decision"]
+    assert decision["promoted"] is True and decision["compared_cases"] == 2 and decision["dropped_cases"] == {}
+
+
+def test_a_decision_against_a_champion_that_has_moved_is_refused(store):
+    """Two promotions at once: the second to finish gated against a champion that is no longer the champion."""
+    registry = Registry(store)
+    for version in ("a", "b", "c"):
+        registry.register(version, f"weights {version}".encode(), {"evaluation": {"mean_dice": 0.9}})
+    registry.decide("a", True, "first model", {}, gated_against=None)
+    registry.decide("b", True, "better than a", {}, gated_against="a")
+    with pytest.raises(RegistryError, match="moved from a to b"):
+        registry.decide("c", True, "better than a", {}, gated_against="a")
+    assert registry.champion() == "b"
+    assert [d["challenger"] for d in registry.decisions()] == ["a", "b"]
 
 
 def test_the_same_version_cannot_change_weights(store):

@@ -39,7 +39,8 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps(registry.card(args.version), indent=2))
         elif args.action == "promote":
             registry.card(args.version)
-            print(json.dumps(registry.decide(args.version, True, "manual promotion", {"manual": True}), indent=2))
+            print(json.dumps(registry.decide(args.version, True, "manual promotion", {"manual": True},
+                                             gated_against=registry.champion()), indent=2))
         elif args.action == "rollback":
             print(json.dumps(registry.rollback(args.to), indent=2))
         else:

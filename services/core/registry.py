@@ -92,9 +92,18 @@ class Registry:
     def decisions(self) -> list[dict[str, Any]]:
         return [self.store.get_json(r.key) for r in self.store.list(DECISIONS)]
 
-    def decide(self, challenger: str, promote: bool, reason: str, evidence: dict[str, Any]) -> dict[str, Any]:
-        """Record a decision (always) and move the champion pointer (when promoting)."""
+    def decide(self, challenger: str, promote: bool, reason: str, evidence: dict[str, Any], *,
+               gated_against: str | None) -> dict[str, Any]:
+        """Record a decision (always) and move the champion pointer (when promoting).
+
+        ``gated_against`` is the champion the decision was made against; when another promotion has moved the
+        pointer since, nothing is written and ``RegistryError`` asks for the gate to run again. (In the cluster the
+        promote step also holds a mutex; this catches what slips past it, e.g. two local runs.)
+        """
         previous = self.champion()
+        if previous != gated_against:
+            raise RegistryError(f"the champion moved from {gated_against} to {previous} while {challenger} was "
+                                f"being decided: run it again to decide against {previous}")
         decision = {"at": _now(), "challenger": challenger, "previous_champion": previous, "promoted": promote,
                     "champion": challenger if promote else previous, "reason": reason, **evidence}
         self.store.put_json(f"{DECISIONS}{decision['at'].replace(':', '')}-{challenger}.json", decision)
@@ -112,7 +121,7 @@ class Registry:
                 raise RegistryError(f"no earlier champion to roll back to from {current}")
             to = earlier[-1]
         self.card(to)
-        return self.decide(to, True, f"rollback from {current} to {to}", {"rollback": True})
+        return self.decide(to, True, f"rollback from {current} to {to}", {"rollback": True}, gated_against=current)
 
 
 def _now() -> str:

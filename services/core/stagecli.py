@@ -23,6 +23,7 @@ from . import logs
 from .config import ConfigError
 from .errors import ConflictError
 from .metrics import StageMetrics
+from .registry import RegistryError
 from .settings import ENV_WORKER, SettingsError
 from .stagekit import CaseStage, StageContext, StageError, load_plan, run_cases
 from .store import ObjectStore, StoreError
@@ -59,7 +60,7 @@ def execute(stage: str, args: argparse.Namespace, body: Callable[[StageContext],
     except (ConfigError, SettingsError, ValueError) as exc:
         log.error("cannot run", extra={"error": str(exc)})
         code = EXIT_USAGE
-    except (StageError, ConflictError, StoreError, MinioException) as exc:
+    except (StageError, ConflictError, RegistryError, StoreError, MinioException) as exc:
         log.error("stage failed", extra={"error": str(exc)})
         code = EXIT_STAGE_FAILED
     finally:

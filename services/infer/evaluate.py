@@ -6,6 +6,7 @@ Writes runs/<run>/evaluate/summary.json
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -20,17 +21,34 @@ from .report import VIEWS, ReportEntry, html_report
 NAME = "evaluate"
 
 
+def case_figures(details: dict[str, Any]) -> dict[str, Any]:
+    """A case's figures from its infer record; an undefined HD95 is left out and its reason recorded instead.
+
+    HD95 is infinite when exactly one of prediction and label is empty (no surface to measure to). The manifest's
+    JSON turns that into null, so both forms mean "undefined" here. Dice stays (0 for such a case) and counts.
+    """
+    figures = {k: details[k] for k in ("dice", "hd95_mm", "seed_style_dice", "liver_ml", "seconds") if k in details}
+    if "hd95_mm" in figures and (figures["hd95_mm"] is None or not math.isfinite(figures["hd95_mm"])):
+        del figures["hd95_mm"]
+        # liver_ml is the predicted volume (0.1 ml steps): 0 means the model found no liver, else the label has none.
+        figures["hd95_undefined"] = "no liver predicted" if figures.get("liver_ml") == 0 else "no liver in the label"
+    return figures
+
+
 def summarize(per_case: dict[str, dict[str, Any]]) -> dict[str, Any]:
     scored = {c: r for c, r in per_case.items() if "dice" in r}
     dices = [r["dice"] for r in scored.values()]
-    hd = [r["hd95_mm"] for r in scored.values()]
+    hd = [r["hd95_mm"] for r in scored.values() if "hd95_mm" in r]
     soft = [r["seed_style_dice"] for r in scored.values() if "seed_style_dice" in r]
     return {
         "held_out_cases": len(per_case), "scored_cases": len(scored),
         "mean_dice": round(float(np.mean(dices)), 5) if dices else None,
         "min_dice": round(float(np.min(dices)), 5) if dices else None,
+        # HD95 mean and median are over the cases where it is defined; the others are listed with the reason.
         "mean_hd95_mm": round(float(np.mean(hd)), 3) if hd else None,
         "median_hd95_mm": round(float(np.median(hd)), 3) if hd else None,
+        "hd95_cases": len(hd),
+        "hd95_undefined": {c: r["hd95_undefined"] for c, r in scored.items() if "hd95_undefined" in r},
         # The seed's "Dice": 1 - soft loss with background, for comparison only.
         "mean_seed_style_dice": round(float(np.mean(soft)), 5) if soft else None,
     }
@@ -49,8 +67,7 @@ def evaluate(ctx: StageContext) -> mf.Manifest:
             continue
         key = layout.manifest_key(ctx.run_id, "infer", case)
         inputs[key] = ctx.store.stat(key)
-        per_case[case] = {k: record.details[k] for k in ("dice", "hd95_mm", "seed_style_dice", "liver_ml", "seconds")
-                          if k in record.details}
+        per_case[case] = case_figures(record.details)
     model_key = train.details["model"]
     summary = {
         "run_id": ctx.run_id, "dataset": ctx.plan.dataset, "profile": ctx.plan.profile["name"],
@@ -81,6 +98,10 @@ def run_report(ctx: StageContext, summary: dict[str, Any]) -> str:
     notes = [f"run {ctx.run_id}, profile {summary['profile']}, model {summary['model']}",
              f"mean held-out Dice {summary['mean_dice']} (min {summary['min_dice']}); hard foreground Dice at each "
              "study's original geometry. seed_style_dice is the published method's figure (1 - soft loss with "
-             "background), shown for comparison only."]
+             "background), shown for comparison only.",
+             f"mean HD95 {summary['mean_hd95_mm']} mm over the {summary['hd95_cases']} of {summary['scored_cases']} "
+             "scored cases where it is defined"]
+    notes += [f"{case}: HD95 undefined ({reason}); its Dice counts in the mean Dice"
+              for case, reason in summary["hd95_undefined"].items()]
     notes += [f"{case} set aside: {reason}" for case, reason in summary["set_aside"].items()]
     return html_report(f"liverseg run {ctx.run_id}", entries, notes)

@@ -3,8 +3,10 @@
 Reads  runs/<run>/evaluate/_manifest.json, runs/<run>/train/model.pt, the held-out studies (to score the champion)
 Writes models/<run>/… (the new version), models/decisions/…, models/champion.json (only when promoting)
 
-Both models are compared on the same cases: the new model's held-out set. When the champion was never scored on
-that set, it is scored now, and that score is kept under models/<champion>/evaluations/ for the next time.
+Both models are compared on the same cases: the new model's held-out cases that the champion neither trained nor
+validated on (those would inflate its score); the decision records which cases were dropped and why. When the
+champion was never scored on that set, it is scored now, and that score is kept under
+models/<champion>/evaluations/ for the next time.
 """
 
 from __future__ import annotations
@@ -51,12 +53,44 @@ def score_model(store: ObjectStore, model_key: str, cases: dict[str, dict[str, s
     return scores
 
 
+def challenge(store: ObjectStore, registry: Registry, champion: str, dataset: str, cases: dict[str, dict[str, str]],
+              challenger_cases: dict[str, dict[str, Any]], tolerance: float) -> tuple[bool, str, dict[str, Any]]:
+    """Gate the challenger against ``champion`` on the held-out ``cases`` (of ``dataset``) the champion never saw.
+
+    Returns (promote, reason, evidence); ``challenger_cases`` are the challenger's per-case scores (with "dice").
+    Case ids name patients within one dataset only: a champion trained on another dataset has seen none of these.
+    """
+    seen: dict[str, str] = {}
+    if registry.card(champion).get("dataset") == dataset:
+        payload = from_bytes(store.get_bytes(registry.model_key(champion)))
+        seen = {**{c: f"champion {champion} validated on it" for c in payload["val_cases"]},
+                **{c: f"champion {champion} trained on it" for c in payload["train_cases"]}}
+    dropped = {c: seen[c] for c in cases if c in seen}
+    compared = {c: keys for c, keys in cases.items() if c not in seen}
+    evidence: dict[str, Any] = {"compared_cases": len(compared), "dropped_cases": dropped, "tolerance": tolerance}
+    if not compared:
+        return False, (f"no held-out case of this run is unseen by champion {champion}: no fair comparison, "
+                       "not promoted automatically"), evidence
+    held_out = held_out_id({c: {role: store.stat(key).sha256 for role, key in keys.items()}
+                            for c, keys in compared.items()})
+    eval_key = registry.evaluation_key(champion, held_out)
+    if store.stat(eval_key) is None:
+        per_case = score_model(store, registry.model_key(champion), compared)
+        store.put_json(eval_key, {"held_out": held_out, "cases": per_case, "mean_dice": round(
+            float(np.mean([s["dice"] for s in per_case.values()])), 5)})
+    champion_dice = store.get_json(eval_key)["mean_dice"]
+    challenger_dice = round(float(np.mean([challenger_cases[c]["dice"] for c in compared])), 5)
+    promoted, reason = gate(challenger_dice, champion_dice, tolerance)
+    return promoted, reason, {**evidence, "held_out": held_out, "challenger_dice": challenger_dice,
+                              "champion_dice": champion_dice}
+
+
 def promote(ctx: StageContext) -> dict[str, Any]:
     evaluation = completed(ctx, "evaluate")
     summary = evaluation.details
     train = completed(ctx, "train")
     model_key = train.details["model"]
-    scored = sorted(summary["cases"])
+    scored = sorted(c for c, r in summary["cases"].items() if "dice" in r)
     cases = {c: {"image": ctx.plan.cases[c].image, "label": ctx.plan.cases[c].label} for c in scored}
     held_out = held_out_id({c: {role: ctx.store.stat(key).sha256 for role, key in keys.items()}
                             for c, keys in cases.items()})
@@ -76,23 +110,18 @@ def promote(ctx: StageContext) -> dict[str, Any]:
         champion = registry.champion()
         tolerance = ctx.config.promote.tolerance
         if summary["mean_dice"] is None:
-            decision = registry.decide(version, False, "no held-out case was scored", {"held_out": held_out})
+            decision = registry.decide(version, False, "no held-out case was scored", {"held_out": held_out},
+                                       gated_against=champion)
         elif champion is None:
             decision = registry.decide(version, True, "first model: no champion yet",
-                                       {"held_out": held_out, "challenger_dice": summary["mean_dice"]})
+                                       {"held_out": held_out, "challenger_dice": summary["mean_dice"]},
+                                       gated_against=None)
         elif champion == version:
             decision = {"promoted": False, "reason": "already the champion", "champion": champion}
         else:
-            eval_key = registry.evaluation_key(champion, held_out)
-            if ctx.store.stat(eval_key) is None:
-                per_case = score_model(ctx.store, registry.model_key(champion), cases)
-                ctx.store.put_json(eval_key, {"held_out": held_out, "cases": per_case, "mean_dice": round(
-                    float(np.mean([s["dice"] for s in per_case.values()])), 5)})
-            champion_dice = ctx.store.get_json(eval_key)["mean_dice"]
-            promoted, reason = gate(summary["mean_dice"], champion_dice, tolerance)
-            decision = registry.decide(version, promoted, reason, {
-                "held_out": held_out, "challenger_dice": summary["mean_dice"], "champion_dice": champion_dice,
-                "tolerance": tolerance})
+            promoted, reason, evidence = challenge(ctx.store, registry, champion, ctx.plan.dataset, cases,
+                                                   summary["cases"], tolerance)
+            decision = registry.decide(version, promoted, reason, evidence, gated_against=champion)
         log.info("promotion decided", extra={"promoted": decision["promoted"], "reason": decision["reason"]})
         return refs, {"version": version, "decision": decision}
 

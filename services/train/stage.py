@@ -101,6 +101,16 @@ class TrainStage:
         log.info("resuming from checkpoint", extra={"epoch": epoch, "key": key})
         return TrainState.from_dict(payload["state"])
 
+    def _discard_checkpoints(self) -> None:
+        """A fresh start abandons earlier attempts: their checkpoints would outrank the new ones when pruning keeps
+        the highest epochs, and a later resume would load the abandoned state."""
+        found = self._checkpoints()
+        if found:
+            log.warning("--no-resume: deleting the checkpoints of an earlier, abandoned training attempt",
+                        extra={"keys": [key for _, key in found]})
+            for _, key in found:
+                self.ctx.store.delete(key)
+
     def run(self, work: Path) -> mf.Manifest:
         train_refs, val_refs, excluded = self._inputs()
 
@@ -116,7 +126,11 @@ class TrainStage:
         log.info("training", extra={"train_units": len(train), "val_units": len(val), "device": str(self.device),
                                     "excluded_cases": excluded})
         trainer = Trainer(cfg.train, cfg.infer, self.device)
-        state = None if self.resume == "never" else self._resume_state(fingerprint)
+        if self.resume == "never":
+            self._discard_checkpoints()
+            state = None
+        else:
+            state = self._resume_state(fingerprint)
         metrics_key = f"{self.prefix}/metrics.json"
 
         def on_epoch(state: TrainState, improved: bool) -> None:
