@@ -95,8 +95,28 @@ def test_refuses_short_keys_and_existing_output(study, tmp_path):
     key = tmp_path / "key"
     key.write_text("a-long-enough-secret-key-0123456789")
     assert deidentify(study, tmp_path / "out", key).returncode == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    # An interrupted run is simply run again: the same key gives the same files.
+    first = sorted((tmp_path / "out").rglob("*.dcm"))[0]
+    first.unlink()
     done = deidentify(study, tmp_path / "out", key)
+    assert done.returncode == 0 and "1 files de-identified" in done.stdout
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+    other = tmp_path / "other-key"
+    other.write_text("another-long-enough-secret-key-987")
+    done = deidentify(study, tmp_path / "out", other)
     assert done.returncode == 1 and "not overwritten" in done.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+
+
+def test_an_unreadable_file_is_set_aside_and_the_others_go_on(study, tmp_path):
+    key = tmp_path / "key"
+    key.write_text("a-long-enough-secret-key-0123456789")
+    (study / "ct" / "0002.dcm").write_bytes(b"not a dicom file at all")
+    done = deidentify(study, tmp_path / "out", key)
+    assert done.returncode == 1 and "0002.dcm: not a readable DICOM file" in done.stderr
+    written = {p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*.dcm")}
+    assert len(written) == len(list(study.rglob("*.dcm"))) - 1 and not any("partial" in str(p) for p in written)
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
