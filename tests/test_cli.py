@@ -11,7 +11,9 @@ import pytest
 
 from liverseg import logs
 from liverseg.graph import PIPELINE, topological
+from liverseg.settings import StoreSettings
 from liverseg.stagecli import worker_command_line
+from liverseg.store import ObjectStore
 
 
 def liverseg(*args, env=None, cwd=None):
@@ -71,3 +73,12 @@ def test_a_secret_with_quotes_backslashes_and_accents_is_scrubbed(capsys):
     logging.getLogger("liverseg.test").error("failed", extra={"error": f"auth with {secret} refused"})
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert json.loads(line)["error"] == "auth with *** refused"
+
+
+def test_the_secret_of_any_store_client_is_scrubbed(capsys):
+    """Settings read from the embedded store's file never pass through the environment the logger reads."""
+    logs.configure()
+    settings = StoreSettings(endpoint="127.0.0.1:9", access_key="someone", secret_key="only-this-test-knows-it-42")
+    ObjectStore(settings)
+    logging.getLogger("liverseg.test").error("failed", extra={"error": f"key {settings.secret_key} refused"})
+    assert json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"] == "key *** refused"

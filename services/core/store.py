@@ -29,6 +29,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from .logs import register_secret
 from .settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class ObjectStore:
     def __init__(self, settings: StoreSettings, retry: RetryPolicy | None = None):
         self.settings = settings
         self.bucket = settings.bucket
+        register_secret(settings.secret_key)  # also when it came from a file (the embedded store.env), not the env
         self.retry = retry or RetryPolicy.from_env()
         http_client = None
         if settings.secure and settings.ca_bundle:
