@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from liverseg import layout
 from liverseg import manifest as mf
 from liverseg.config import load_profile
-from liverseg.infer.promote import gate, promote
+from liverseg.infer.promote import gate, held_out_of, promote
 from liverseg.metrics import StageMetrics
 from liverseg.registry import Registry, RegistryError, held_out_id
 from liverseg.stagekit import CaseEntry, Plan, StageContext
@@ -137,3 +139,15 @@ def test_held_out_identity_depends_on_content():
     a = held_out_id({"c1": {"image": "sha1", "label": "sha2"}})
     assert a == held_out_id({"c1": {"image": "sha1", "label": "sha2"}})
     assert a != held_out_id({"c1": {"image": "sha1", "label": "other"}})
+
+
+def test_held_out_sets_differ_by_content_even_without_a_sha256(store):
+    """Objects another tool uploaded carry no sha256 metadata: their ETags must still tell two sets apart."""
+    cases = {"c1": {"image": "x/image.nii.gz", "label": "x/label.nii.gz"}}
+    identities = set()
+    for content in (b"first", b"second"):
+        for key in ("x/image.nii.gz", "x/label.nii.gz"):
+            store.client.put_object(store.bucket, key, io.BytesIO(content), len(content))
+        assert store.stat("x/image.nii.gz").sha256 is None
+        identities.add(held_out_of(store, cases))
+    assert len(identities) == 2

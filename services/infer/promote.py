@@ -53,6 +53,13 @@ def score_model(store: ObjectStore, model_key: str, cases: dict[str, dict[str, s
     return scores
 
 
+def held_out_of(store: ObjectStore, cases: dict[str, dict[str, str]]) -> str:
+    """``held_out_id`` of cases given by store keys, from the objects' content hashes (the ETag for an object
+    uploaded without a sha256, so two different sets never share an identity)."""
+    refs = {c: {role: store.stat(key) for role, key in keys.items()} for c, keys in cases.items()}
+    return held_out_id({c: {role: ref.sha256 or ref.etag for role, ref in roles.items()} for c, roles in refs.items()})
+
+
 def challenge(store: ObjectStore, registry: Registry, champion: str, dataset: str, cases: dict[str, dict[str, str]],
               challenger_cases: dict[str, dict[str, Any]], tolerance: float) -> tuple[bool, str, dict[str, Any]]:
     """Gate the challenger against ``champion`` on the held-out ``cases`` (of ``dataset``) the champion never saw.
@@ -71,8 +78,7 @@ def challenge(store: ObjectStore, registry: Registry, champion: str, dataset: st
     if not compared:
         return False, (f"no held-out case of this run is unseen by champion {champion}: no fair comparison, "
                        "not promoted automatically"), evidence
-    held_out = held_out_id({c: {role: store.stat(key).sha256 for role, key in keys.items()}
-                            for c, keys in compared.items()})
+    held_out = held_out_of(store, compared)
     eval_key = registry.evaluation_key(champion, held_out)
     if store.stat(eval_key) is None:
         per_case = score_model(store, registry.model_key(champion), compared)
@@ -92,8 +98,7 @@ def promote(ctx: StageContext) -> dict[str, Any]:
     model_key = train.details["model"]
     scored = sorted(c for c, r in summary["cases"].items() if "dice" in r)
     cases = {c: {"image": ctx.plan.cases[c].image, "label": ctx.plan.cases[c].label} for c in scored}
-    held_out = held_out_id({c: {role: ctx.store.stat(key).sha256 for role, key in keys.items()}
-                            for c, keys in cases.items()})
+    held_out = held_out_of(ctx.store, cases)
     inputs = {**refs_of(train, model_key), **refs_of(evaluation)}
 
     def produce(_: str) -> tuple[list[ObjectRef], dict[str, Any]]:
