@@ -7,12 +7,15 @@ import pytest
 import torch
 
 from liverseg.config import load_profile
+from liverseg.errors import InputError
+from liverseg.imaging import nifti
 from liverseg.imaging.geometry import Volume
 from liverseg.ml import metrics
 from liverseg.ml.inference import largest_component, segment
 from liverseg.ml.model import build_unet
 from liverseg.ml.training import Sample, Trainer, TrainState
 from liverseg.ml.transforms import preprocess_pair
+from liverseg.preprocess.stage import preprocess_unit
 from liverseg.synth import GridSpec, make_phantom
 
 
@@ -135,6 +138,18 @@ def test_inference_returns_a_mask_on_the_original_grid(profile_name):
     assert result.probability.min() >= 0.0 and result.probability.max() <= 1.0
 
 
+def test_inference_refuses_a_scan_without_a_body_and_skips_air_groups():
+    air = Volume(np.full((40, 40, 20), -1000, np.int16), np.diag([1.0, 1.0, 2.0, 1.0]))
+    for name in ("default", "seed"):
+        with pytest.raises(InputError, match="no voxel above -200 HU"):
+            segment(build_unet(), air, load_profile(name, environ={}), torch.device("cpu"))
+    image, _ = phantom(shape=(48, 40, 70), flips=(False, False, False))
+    padded = np.concatenate([np.full((48, 40, 64), -1000, np.int16), image.array], axis=2)
+    torch.manual_seed(0)
+    result = segment(build_unet(), Volume(padded, image.affine), load_profile("seed", environ={}), torch.device("cpu"))
+    assert result.mask.shape == padded.shape and not result.probability[:, :, :64].any()
+
+
 def test_time_budget_stops_after_a_validated_epoch():
     """A budget that runs out before the first scheduled validation still validates and keeps a model."""
     profile = load_profile("default", environ={}, overrides=[
@@ -175,3 +190,12 @@ def test_no_resume_discards_the_abandoned_attempts_checkpoints(store, tmp_path, 
         TrainStage(ctx, resume="never", device="cpu")._train(tmp_path, refs, {}, {}, "FP")
     assert [epoch for epoch, _ in TrainStage(ctx, device="cpu")._checkpoints()] == [1]
     assert TrainStage(ctx, resume="auto", device="cpu")._resume_state("FP").epoch == 1
+
+
+def test_preprocess_sets_aside_a_unit_without_a_body(tmp_path):
+    air = Volume(np.full((40, 40, 20), -1000, np.int16), np.diag([1.0, 1.0, 2.0, 1.0]))
+    nifti.save(tmp_path / "image.nii.gz", air)
+    nifti.save(tmp_path / "label.nii.gz", Volume(np.zeros((40, 40, 20), np.uint8), air.affine))
+    cfg = load_profile("default", environ={}).preprocess
+    with pytest.raises(InputError, match="no voxel above -200 HU"):
+        preprocess_unit(tmp_path / "image.nii.gz", tmp_path / "label.nii.gz", cfg)

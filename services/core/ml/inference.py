@@ -18,11 +18,12 @@ from monai.data import MetaTensor
 from scipy import ndimage
 
 from ..config import Profile
+from ..errors import InputError
 from ..imaging.geometry import Volume
 from ..imaging.grouping import plan_groups
 from .metrics import seed_style_dice
 from .training import Trainer
-from .transforms import as_meta, preprocessing
+from .transforms import as_meta, has_body, preprocessing
 
 
 @dataclass
@@ -72,6 +73,8 @@ def _slab(volume: Volume, start: int, stop: int) -> Volume:
 
 def segment(model: torch.nn.Module, volume: Volume, profile: Profile, device: torch.device,
             label: Volume | None = None) -> Segmentation:
+    if not has_body(volume.array, profile.preprocess):
+        raise InputError(f"no voxel above {profile.preprocess.window[0]:g} HU: an empty scan, or not CT in HU")
     trainer = Trainer(profile.train, profile.infer, device)
     model.eval()
     if profile.preprocess.unit == "group":
@@ -80,13 +83,16 @@ def segment(model: torch.nn.Module, volume: Volume, profile: Profile, device: to
         hits = np.zeros(volume.array.shape[2], dtype=np.float32)
         softs = []
         for g in plan_groups(volume.array.shape[2], size, "overlap"):
-            part_label = _slab(label, g.start, g.stop) if label is not None else None
-            part, soft = _network_pass(trainer, model, _slab(volume, g.start, g.stop), profile, part_label)
-            prob[:, :, g.start:g.stop] += part
             hits[g.start:g.stop] += 1
+            slab = _slab(volume, g.start, g.stop)
+            if not has_body(slab.array, profile.preprocess):
+                continue  # a group of air slices: no body to crop to, and no liver
+            part_label = _slab(label, g.start, g.stop) if label is not None else None
+            part, soft = _network_pass(trainer, model, slab, profile, part_label)
+            prob[:, :, g.start:g.stop] += part
             softs.append(soft)
         prob /= hits[None, None, :]
-        soft = float(np.mean(softs)) if label is not None else None
+        soft = float(np.mean(softs)) if label is not None and softs else None
     else:
         prob, soft = _network_pass(trainer, model, volume, profile, label)
     mask = prob > profile.infer.threshold

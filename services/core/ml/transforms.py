@@ -21,6 +21,11 @@ def _body(x: torch.Tensor) -> torch.Tensor:
     return x > 0
 
 
+def has_body(array: np.ndarray, cfg: PreprocessConfig) -> bool:
+    """Whether any voxel lies above the window's lower edge: without one, cropping to the body leaves nothing."""
+    return bool((np.asarray(array) > cfg.window[0]).any())
+
+
 def _liver(x: torch.Tensor) -> torch.Tensor:
     return (x >= 1).to(torch.uint8)
 
