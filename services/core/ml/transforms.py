@@ -44,7 +44,9 @@ def preprocessing(cfg: PreprocessConfig, with_label: bool) -> T.Compose:
         T.CropForegroundd(keys, source_key="image", select_fn=_body, margin=cfg.crop_margin, allow_smaller=True),
     ]
     if cfg.resize is not None:
-        label_mode = "area" if cfg.label_interp == "area" else "nearest"
+        # torch's "nearest" samples the first voxel of each block, shifting labels against the area-averaged image
+        # by up to half an output voxel; "nearest-exact" samples block centres.
+        label_mode = "area" if cfg.label_interp == "area" else "nearest-exact"
         steps.append(T.Resized(keys, spatial_size=cfg.resize, mode=("area", label_mode) if with_label else ("area",)))
     return T.Compose(steps)
 
