@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import threading
 
@@ -131,6 +132,8 @@ def test_empty_uids_in_the_data_set_fall_back_to_file_meta_and_geometry(four_sli
     for h, src in zip(headers, files, strict=True):
         assert h.sop_instance_uid == pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID
         assert h.series_key[0] == "geometry"
+    tilted = dataclasses.replace(headers[0], orientation=tuple(-1e-7 if v == 0 else v for v in h.orientation))
+    assert tilted.series_key == headers[0].series_key  # -0.0000 and 0.0000 are one orientation
     volume, _, _ = dicom_read.series_to_volume(out)
     np.testing.assert_array_equal(volume.array, expected.array)
 

@@ -111,8 +111,9 @@ class SliceHeader:
         """Study + Series UIDs; when either is empty, Frame of Reference + grid shape + orientation instead."""
         if self.study_uid and self.series_uid:
             return ("uid", self.study_uid, self.series_uid)
+        # + 0.0 after rounding: a cosine of -1e-7 on one slice and +1e-7 on the next must not split the series
         return ("geometry", self.frame_of_reference_uid, str(self.rows), str(self.columns),
-                *(f"{v:.4f}" for v in self.orientation), *(f"{v:.4f}" for v in self.pixel_spacing))
+                *(f"{round(v, 4) + 0.0:.4f}" for v in (*self.orientation, *self.pixel_spacing)))
 
 
 @dataclass
