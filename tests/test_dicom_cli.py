@@ -49,6 +49,9 @@ def test_to_nifti_is_idempotent_and_never_overwrites(tmp_path):
     assert other.read_bytes() == out.read_bytes()
     assert liverseg("dicom", "to-nifti", series, other, "--force").returncode == 0
     assert nib.load(other).shape == (512, 512, 4)
+    (tmp_path / "folder.nii.gz").mkdir()
+    assert_one_line_error(liverseg("dicom", "to-nifti", series, tmp_path / "folder.nii.gz", "--force"),
+                          "is a folder")
 
 
 def test_from_nifti_is_idempotent_and_never_overwrites(tmp_path):

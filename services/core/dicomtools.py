@@ -68,6 +68,8 @@ def to_nifti(series_dir: Path, out: Path, *, overwrite: bool = False) -> ToNifti
     out = Path(out)
     if not out.name.endswith((".nii", ".nii.gz")):
         raise InputError(f"output {out.name} must end in .nii or .nii.gz")
+    if out.is_dir():
+        raise InputError(f"output {out} is a folder: name the file to write")
     ordered, report = dicom_read.read_stack(dicom_read.series_files(series_dir))
     spacing = geometry.spacing(dicom_read.stack_affine(ordered))
     result = ToNiftiResult(out, (ordered[0].columns, ordered[0].rows, len(ordered)),
