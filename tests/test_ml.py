@@ -171,9 +171,13 @@ def test_time_budget_stops_after_a_validated_epoch():
     profile = load_profile("default", environ={}, overrides=[
         "train.epochs=10", "train.patch=[32,32,32]", "train.val_interval=5", "train.time_budget_s=0.001",
         "train.samples_per_volume=1"])
-    state = Trainer(profile.train, profile.infer, torch.device("cpu")).fit(tiny_samples(), tiny_samples(1))
+    trainer = Trainer(profile.train, profile.infer, torch.device("cpu"))
+    state = trainer.fit(tiny_samples(), tiny_samples(1))
     assert state.epoch == 1 and "val_dice" in state.history[-1]
     assert state.best_epoch == 1 and state.best_model is not None
+    # Killed after that last checkpoint and resumed: the budget is spent, no epoch is added.
+    resumed = trainer.fit(tiny_samples(), tiny_samples(1), TrainState.from_dict(state.to_dict()))
+    assert resumed.epoch == 1 and len(resumed.history) == 1
 
 
 def test_no_resume_discards_the_abandoned_attempts_checkpoints(store, tmp_path, monkeypatch):

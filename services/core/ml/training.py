@@ -173,6 +173,8 @@ class Trainer:
         optimizer = self._optimizer(model)
         optimizer.load_state_dict(state.optimizer)
         started = time.monotonic() - state.elapsed_s
+        if state.epoch and self.cfg.time_budget_s and state.elapsed_s >= self.cfg.time_budget_s:
+            return state  # resumed from the budget's last checkpoint: training was over
         for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
             t0 = time.monotonic()
             seed = _epoch_seed(self.cfg.seed, epoch)
