@@ -174,11 +174,14 @@ def _quarantine(ctx: StageContext, case: str, reason: str, file: str | None, inp
         # Later stages may already have used this output: it must not turn into "set aside" under them.
         raise ConflictError(f"case {case}: stage '{ctx.stage}' already completed in run {ctx.run_id} and now "
                             f"fails ({reason}); completed output is never overwritten: start a new run id")
+    error = f"{file}: {reason}" if file else reason
+    if existing is not None and existing.fingerprint == fingerprint and existing.error == error:
+        return  # set aside before for the same reason: the record stands
     entry = {"stage": ctx.stage, "case": case, "reason": reason, "file": file, "run_id": ctx.run_id}
     ctx.store.put_json(layout.quarantine_key(ctx.run_id, ctx.stage, case), entry)
     mf.write(ctx.store, key, mf.Manifest(
         stage=ctx.stage, run_id=ctx.run_id, case=case, status="quarantined",
-        error=f"{file}: {reason}" if file else reason, fingerprint=fingerprint, code_version=mf.code_version(),
+        error=error, fingerprint=fingerprint, code_version=mf.code_version(),
         params=params, inputs=mf.entries(inputs), details={"quarantine": entry}, **clock.stamp()))
 
 
@@ -190,9 +193,7 @@ def run_case(stage: CaseStage, ctx: StageContext, case: str, outcome: StageOutco
     except (CaseFailed, InputError) as exc:
         # Upstream set the case aside: record it here too, so every stage accounts for every case.
         fingerprint = mf.fingerprint({}, params, mf.code_version())
-        existing = mf.read(ctx.store, layout.manifest_key(ctx.run_id, ctx.stage, case))
-        if existing is None or existing.fingerprint != fingerprint:
-            _quarantine(ctx, case, exc.reason, getattr(exc, "file", None), {}, params, fingerprint, clock)
+        _quarantine(ctx, case, exc.reason, getattr(exc, "file", None), {}, params, fingerprint, clock)
         outcome.quarantined[case] = exc.reason
         ctx.metrics.cases.labels("quarantined").inc()
         return
