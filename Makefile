@@ -52,7 +52,7 @@ run: venv
 	  $(PY) -m liverseg store down; exit $$status
 
 test: venv tools helm
-	$(PY) -m ruff check services workflows tests
+	$(PY) -m ruff check services workflows tests docker charts
 	$(PY) -m pytest -q -m "not images"
 
 test-fast: venv
@@ -98,7 +98,7 @@ reliability-doc: venv tools
 	$(PY) tests/bench/reliability_doc.py
 
 lint: venv
-	$(PY) -m ruff check services workflows tests
+	$(PY) -m ruff check services workflows tests docker charts
 
 clean:
 	-$(PY) -m liverseg store down

@@ -15,9 +15,12 @@ Steps, each cached so that a second build only redoes what changed:
 4. ``docker/base.Dockerfile`` targets ``imaging`` and ``ml`` (tags ``localhost/liverseg-base:imaging|ml``), then the
    five stage Dockerfiles on top of them, with the version and the git commit as build arguments.
 
-The engine is buildah, else podman, else docker (BuildKit). With ``CI=true`` (or ``--install-tools``) missing
-buildah/podman/debootstrap are installed with apt (as root); otherwise a missing tool is an error, never a skip.
-Sizes and timings go to ``.liverseg/images/build.json``.
+The engine is the one that works here (``choose_engine``), used for every step, the OS base's import included:
+podman (buildah for the builds when it is installed), else Docker when its daemon answers (a ``docker`` client
+alone is not an engine). ``LIVERSEG_IMAGE_ENGINE=docker|podman`` picks one. With ``CI=true`` (or
+``--install-tools``) missing podman/buildah/runc/debootstrap are installed with apt (as root); otherwise a missing
+or broken engine is a one-line error naming what to install or start, never a traceback or a skip. Sizes and
+timings go to ``.liverseg/images/build.json``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -52,7 +56,10 @@ BASE_TARGETS = {"core": "liverseg", "imaging": "liverseg[imaging]", "ml": "liver
 OS_IMAGE = "localhost/liverseg-os:bookworm"
 BASE_REPO = "localhost/liverseg-base"
 IMAGE_REPO = "localhost/liverseg-{stage}"
-APT_TOOLS = ("podman", "buildah", "runc", "debootstrap")
+ENV_ENGINE = "LIVERSEG_IMAGE_ENGINE"
+ENGINES = ("auto", "podman", "docker")
+# runc beside podman where we install: crun fails on some hosts (this project's CI machines among them).
+PODMAN_TOOLS = ("podman", "buildah", "runc")
 # Distributions that come from TORCH_SPEC, not from the venv's pins (a CUDA build brings its own).
 TORCH_FAMILY = ("torch", "triton", "nvidia-")
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest date a zip (wheel) can hold
@@ -139,26 +146,89 @@ def ensure_tools(tools: tuple[str, ...], install: bool) -> None:
         raise BuildError(f"missing {', '.join(missing)} and not root: apt-get install {' '.join(missing)}")
     log(f"installing {' '.join(missing)} with apt")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-qq"], env=env, capture=True)
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env, capture=True)
+    try:
+        run(["apt-get", "update", "-qq"], env=env, capture=True)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env, capture=True)
+    except (BuildError, FileNotFoundError) as exc:
+        detail = " ".join(str(exc).split())[-300:]
+        raise BuildError(f"could not install {' '.join(missing)} with apt ({detail})") from None
+    still = [t for t in missing if shutil.which(t) is None and shutil.which(t, path="/usr/sbin:/sbin") is None]
+    if still:
+        raise BuildError(f"apt-get installed {' '.join(missing)} but {', '.join(still)} "
+                         f"{'is' if len(still) == 1 else 'are'} still not on PATH")
 
 
-def engine() -> str:
-    for name in ("buildah", "podman", "docker"):
-        if shutil.which(name):
-            return name
-    raise BuildError("no image builder: install buildah or podman (or Docker with BuildKit)")
+@dataclass(frozen=True)
+class Engine:
+    """The container engine every step uses: ``cli`` runs images, imports and inspects (``podman`` or
+    ``docker``); ``builder`` builds (``buildah``, ``podman`` or ``docker``)."""
+
+    cli: str
+    builder: str
+
+    @property
+    def is_docker(self) -> bool:
+        return self.cli == "docker"
 
 
-def image_exists(ref: str, env: dict[str, str]) -> bool:
-    tool = "docker" if engine() == "docker" else "podman"
-    return subprocess.run([tool, "image", "inspect", ref], env=env, stdout=subprocess.DEVNULL,
+def docker_daemon_problem(env: dict[str, str] | None = None) -> str | None:
+    """None when a Docker daemon answers the ``docker`` client; else what the client said, in one line."""
+    try:
+        done = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], env=env, capture_output=True,
+                              text=True, timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        return "the Docker daemon did not answer within 20 s"
+    if done.returncode == 0 and done.stdout.strip():
+        return None
+    lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else f"docker version exited with {done.returncode}"
+
+
+def choose_engine(install: bool, requested: str | None = None) -> Engine:
+    """podman (with buildah when present), else Docker when its daemon answers; under ``install`` (CI=true, as
+    root) a missing podman/buildah/runc is installed. Anything else is a ``BuildError`` of one line."""
+    requested = requested or os.environ.get(ENV_ENGINE) or "auto"
+    if requested not in ENGINES:
+        raise BuildError(f"{ENV_ENGINE}={requested}: choose one of {', '.join(ENGINES)}")
+    podman_ready = shutil.which("podman") is not None
+    if requested in ("auto", "podman") and (podman_ready or (install and requested == "podman")):
+        ensure_tools(PODMAN_TOOLS if install else ("podman",), install)
+        return working_podman()
+    docker_problem = "no docker client on PATH"
+    if requested in ("auto", "docker") and shutil.which("docker"):
+        docker_problem = docker_daemon_problem()
+        if docker_problem is None:
+            return Engine("docker", "docker")
+        docker_problem = f"docker is on PATH but its daemon does not answer ({docker_problem})"
+    if requested == "docker":
+        raise BuildError(f"{docker_problem}: start the Docker daemon, or build with podman "
+                         f"({ENV_ENGINE}=podman; apt-get install {' '.join(PODMAN_TOOLS)})")
+    if install:
+        ensure_tools(PODMAN_TOOLS, install)
+        return working_podman()
+    raise BuildError(f"no working container engine: {docker_problem}, and podman is not installed; install it "
+                     f"(apt-get install {' '.join(PODMAN_TOOLS)}, or run with --install-tools / CI=true as root) "
+                     "or start the Docker daemon")
+
+
+def working_podman() -> Engine:
+    """podman, checked to answer (``podman info`` with this project's containers.conf), building with buildah
+    when that is installed."""
+    done = subprocess.run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], env=container_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        detail = " ".join((done.stderr or done.stdout).split())[-300:]
+        raise BuildError(f"podman is installed but does not work ({detail}); see CONTAINERS_CONF in the README")
+    return Engine("podman", "buildah" if shutil.which("buildah") else "podman")
+
+
+def image_exists(engine: Engine, ref: str, env: dict[str, str]) -> bool:
+    return subprocess.run([engine.cli, "image", "inspect", ref], env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, check=False).returncode == 0
 
 
-def image_info(ref: str, env: dict[str, str]) -> dict:
-    tool = "docker" if engine() == "docker" else "podman"
-    return json.loads(run([tool, "image", "inspect", ref], env=env, capture=True))[0]
+def image_info(engine: Engine, ref: str, env: dict[str, str]) -> dict:
+    return json.loads(run([engine.cli, "image", "inspect", ref], env=env, capture=True))[0]
 
 
 # -- 1. OS base ------------------------------------------------------------------------------------------------
@@ -171,9 +241,9 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def os_base(env: dict[str, str], install: bool) -> str:
+def os_base(engine: Engine, env: dict[str, str], install: bool) -> str:
     """Debian bookworm + python3 (minbase), imported as an image; built once, then taken from the image store."""
-    if image_exists(OS_IMAGE, env):
+    if image_exists(engine, OS_IMAGE, env):
         return OS_IMAGE
     ensure_tools(("debootstrap",), install)
     if os.geteuid() != 0:
@@ -193,11 +263,12 @@ def os_base(env: dict[str, str], install: bool) -> str:
                 else:
                     path.unlink()
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run(["podman", "import", "--change", 'CMD ["/bin/bash"]', "-", OS_IMAGE],
+        imported = subprocess.run([engine.cli, "import", "--change", 'CMD ["/bin/bash"]', "-", OS_IMAGE],
                                   stdin=tar.stdout, env=env, capture_output=True, text=True, check=False)
         tar.stdout.close()
         if tar.wait() != 0 or imported.returncode != 0:
-            raise BuildError(f"podman import of the bookworm root filesystem failed: {imported.stderr.strip()}")
+            raise BuildError(f"{engine.cli} import of the bookworm root filesystem failed: "
+                             f"{' '.join(imported.stderr.split())}")
     log(f"{OS_IMAGE} ready in {time.monotonic() - started:.0f} s")
     return OS_IMAGE
 
@@ -323,15 +394,15 @@ def write_requirements(context: Path, python: str, wheel: dict) -> dict[str, lis
 
 
 # -- 4. images -------------------------------------------------------------------------------------------------
-def build_image(builder: str, dockerfile: Path, tag: str, context: Path, env: dict[str, str],
+def build_image(engine: Engine, dockerfile: Path, tag: str, context: Path, env: dict[str, str],
                 build_args: dict[str, str], target: str | None = None, pull: bool = False) -> float:
     started = time.monotonic()
-    previous = image_info(tag, env)["Id"] if image_exists(tag, env) else None
-    if builder == "docker":
+    previous = image_info(engine, tag, env)["Id"] if image_exists(engine, tag, env) else None
+    if engine.is_docker:
         cmd = ["docker", "build"]
-        env = {**env, "DOCKER_BUILDKIT": "1"}
+        env = {"DOCKER_BUILDKIT": "1", **env}  # RUN --mount needs BuildKit; a caller's setting wins
     else:
-        cmd = ["buildah", "bud", "--layers"] if builder == "buildah" else ["podman", "build", "--layers"]
+        cmd = ["buildah", "bud", "--layers"] if engine.builder == "buildah" else ["podman", "build", "--layers"]
         cmd.append("--pull=false" if pull else "--pull=never")
     cmd += ["-f", str(dockerfile), "-t", tag]
     for name, value in build_args.items():
@@ -345,29 +416,31 @@ def build_image(builder: str, dockerfile: Path, tag: str, context: Path, env: di
                           stderr=subprocess.STDOUT if quiet else None)
     if done.returncode != 0:
         raise BuildError(f"building {tag} failed:\n{(done.stdout or '')[-4000:]}")
-    replaced = previous and builder != "docker" and image_info(tag, env)["Id"] != previous
+    replaced = previous and not engine.is_docker and image_info(engine, tag, env)["Id"] != previous
     # The image this tag pointed at before, once no tag names it any more (cache layers stay).
-    if replaced and image_exists(previous, env) and not image_info(previous, env).get("RepoTags"):
-        subprocess.run(["podman", "rmi", previous], env=env, stdout=subprocess.DEVNULL,
+    if replaced and image_exists(engine, previous, env) and not image_info(engine, previous, env).get("RepoTags"):
+        subprocess.run([engine.cli, "rmi", previous], env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
     return round(time.monotonic() - started, 1)
 
 
+def install_allowed(args: argparse.Namespace) -> bool:
+    return args.install_tools or os.environ.get("CI", "").lower() == "true"
+
+
 def build_all(args: argparse.Namespace) -> dict:
     started = time.monotonic()
-    install = args.install_tools or os.environ.get("CI", "").lower() == "true"
-    if shutil.which("docker") is None:
-        # runc too where we install: crun fails on some hosts (this project's CI machines among them).
-        ensure_tools(("buildah", "podman", "runc") if install else ("buildah", "podman"), install)
+    install = install_allowed(args)
+    engine = choose_engine(install, args.engine)
+    log(f"engine: {engine.cli} (builds with {engine.builder})")
     env = container_env()
-    builder = engine()
     timings: dict[str, float] = {}
 
     t = time.monotonic()
-    base_image = os_base(env, install) if args.base_image == "local" else args.base_image
+    base_image = os_base(engine, env, install) if args.base_image == "local" else args.base_image
     gpu_base = None
     if args.gpu_base_image:
-        gpu_base = os_base(env, install) if args.gpu_base_image == "local" else args.gpu_base_image
+        gpu_base = os_base(engine, env, install) if args.gpu_base_image == "local" else args.gpu_base_image
     timings["os_base"] = round(time.monotonic() - t, 1)
 
     t = time.monotonic()
@@ -391,7 +464,7 @@ def build_all(args: argparse.Namespace) -> dict:
         tag = f"{BASE_REPO}:{target}" + ("-gpu" if kind == "gpu" else "")
         source = gpu_base if kind == "gpu" else base_image
         timings[f"base:{target}{'-gpu' if kind == 'gpu' else ''}"] = build_image(
-            builder, DOCKER / "base.Dockerfile", tag, contexts[kind], env, {"BASE_IMAGE": source}, target=target,
+            engine, DOCKER / "base.Dockerfile", tag, contexts[kind], env, {"BASE_IMAGE": source}, target=target,
             pull=not source.startswith("localhost/"))
         bases[(kind, target)] = tag
 
@@ -404,13 +477,14 @@ def build_all(args: argparse.Namespace) -> dict:
     for stage in stages:
         tag = image_tag(stage, args.tag)
         timings[stage] = build_image(
-            builder, DOCKER / f"{stage}.Dockerfile", tag, contexts[flavour[stage]], env,
+            engine, DOCKER / f"{stage}.Dockerfile", tag, contexts[flavour[stage]], env,
             {"LIVERSEG_BASE": bases[(flavour[stage], STAGE_BASE[stage])], "VERSION": version(), "REVISION": rev})
         images[stage] = tag
     timings["total"] = round(time.monotonic() - started, 1)
 
-    sizes = {ref: image_info(ref, env)["Size"] for ref in [*images.values(), *bases.values()]}
-    result = {"images": images, "bases": {f"{k}:{t}": v for (k, t), v in bases.items()}, "revision": rev,
+    sizes = {ref: image_info(engine, ref, env)["Size"] for ref in [*images.values(), *bases.values()]}
+    result = {"engine": engine.cli, "builder": engine.builder, "images": images,
+              "bases": {f"{k}:{t}": v for (k, t), v in bases.items()}, "revision": rev,
               "version": version(), "base_image": base_image, "gpu_base_image": gpu_base, "seconds": timings,
               "sizes_bytes": sizes, "pins": {s: pins[s] for s in stages}}
     (WORK / "build.json").write_text(json.dumps(result, indent=2))
@@ -446,8 +520,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", default=None, help="commit to record (default: git HEAD, -dirty if changed)")
     parser.add_argument("--stages", nargs="*", choices=STAGES)
     parser.add_argument("--install-tools", action="store_true", help="apt-get install missing tools (as root)")
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help=f"container engine (default: ${ENV_ENGINE} or auto: podman, else a Docker daemon)")
+    parser.add_argument("--print-engine", action="store_true",
+                        help="print the engine that would be used (installing it under --install-tools) and stop")
     parser.add_argument("--json", action="store_true", help="print the build record as JSON")
     args = parser.parse_args(argv)
+    if args.print_engine:
+        try:
+            engine = choose_engine(install_allowed(args), args.engine)
+        except BuildError as exc:
+            print(f"docker/build.py: {exc}", file=sys.stderr)
+            return 1
+        print(f"{engine.cli} {engine.builder}")
+        return 0
     WORK.mkdir(parents=True, exist_ok=True)
     try:
         # One build at a time per checkout (the context folder is shared); a second caller waits, then hits the cache.

@@ -164,19 +164,64 @@ def _corrupt_pixels(ds, i, n):
 
 
 DICOM_KINDS = [
-    ("non-DICOM file in the folder", lambda f: (f / "README.txt").write_text("notes"), "not a DICOM file"),
     ("truncated file", _truncate, "truncated"),
     ("corrupt pixel data", _edit_files(_corrupt_pixels), "pixel data"),
     ("two series mixed", _second_series, "series mixed"),
     ("missing slice", _drop(5), "missing slices"),
     ("duplicated slice", _duplicate, "duplicate"),
-    ("non-CT modality", _edit_files(lambda ds, i, n: setattr(ds, "Modality", "MR")), "not a CT image"),
+    ("non-CT modality (no CT slice left)", _edit_files(lambda ds, i, n: setattr(ds, "Modality", "MR")),
+     "not a CT image"),
     ("RGB image", _edit_files(_rgb), "grayscale"),
     ("gantry tilt", _edit_files(_tilt), "tilt"),
     ("missing ImagePositionPatient", _edit_files(lambda ds, i, n: i == 1 and delattr(ds, "ImagePositionPatient")),
      "ImagePositionPatient"),
     ("mixed orientations", _edit_files(lambda ds, i, n: i == 3 and setattr(
         ds, "ImageOrientationPatient", [0, 1, 0, 0, 0, -1])), "orientation"),
+]
+
+
+# -- stray files beside a good series: (name, writer into the folder, the file's name, words of its reason) ------
+def _non_image(sop_class: str, modality: str, **fields):
+    """A DICOM object of another kind in the series' own study (what a PACS export puts beside the slices)."""
+    def write(folder: Path, name: str) -> None:
+        source = pydicom.dcmread(sorted(folder.glob("[0-9]*.dcm"))[0], stop_before_pixels=True)
+        ds = pydicom.Dataset()
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.StudyInstanceUID, ds.PatientID = modality, source.StudyInstanceUID, source.PatientID
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+        for key, value in fields.items():
+            setattr(ds, key, value)
+        ds.save_as(folder / name, enforce_file_format=True)
+    return write
+
+
+def _secondary_capture(folder: Path, name: str) -> None:
+    """A dose-report screenshot: a Secondary Capture image, Modality CT, in the same series (a scanner habit)."""
+    ds = pydicom.dcmread(sorted(folder.glob("[0-9]*.dcm"))[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(folder / name)
+
+
+STRAY_KINDS = [
+    ("README beside the slices", lambda f, n: (f / n).write_text("exported by the PACS\n"), "README",
+     "not a DICOM file"),
+    ("macOS .DS_Store", lambda f, n: (f / n).write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(2040)), ".DS_Store",
+     "not a DICOM file"),
+    ("Windows Thumbs.db", lambda f, n: (f / n).write_bytes(bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504)),
+     "Thumbs.db", "not a DICOM file"),
+    ("macOS AppleDouble ._ file", lambda f, n: (f / n).write_bytes(bytes.fromhex("00051607") + bytes(200)),
+     "._0001.dcm", "not a DICOM file"),
+    ("DICOMDIR", _non_image("1.2.840.10008.1.3.10", "", FileSetID="EXPORT", DirectoryRecordSequence=[]),
+     "DICOMDIR", "not a CT image"),
+    ("structured report (SR)", _non_image("1.2.840.10008.5.1.4.1.1.88.11", "SR", ValueType="CONTAINER"),
+     "sr.dcm", "not a CT image"),
+    ("presentation state (PR)", _non_image("1.2.840.10008.5.1.4.1.1.11.1", "PR"), "pr.dcm", "not a CT image"),
+    ("secondary capture (dose screenshot)", _secondary_capture, "dose.dcm", "not a CT image"),
 ]
 
 
@@ -275,7 +320,48 @@ def test_every_bad_input_is_set_aside_with_its_reason_and_none_is_lost(store, st
         rows.append({"input": "DICOM", "kind": name, "handled": True, "where": "infer stage + dicom to-nifti",
                      "reason": reason})
     assert len(outcome["ok"]) + len(outcome["quarantined"]) == len(studies)  # none lost
+    rows += stray_files_are_skipped_and_named(store, store_env, good / "ct", model.key, tmp_path)
     assert len(rows) >= 25
     record({"kinds": rows, "cases_in": cases_in + len(studies),
             "ok": 2 + 1, "quarantined": len(nifti) + len(DICOM_KINDS), "set_aside_at_ingest": len(MSD_KINDS),
             "lost": 0})
+
+
+def stray_files_are_skipped_and_named(store, env: dict, series: Path, model: str, tmp_path: Path) -> list[dict]:
+    """Each stray kind beside the good series: ``dicom to-nifti`` writes the very file it writes without it and
+    names the stray in one warning line; all of them together: ``segment`` and the infer stage (study mode) go on,
+    naming every one in their JSON."""
+    reference = tmp_path / "stray-reference.nii.gz"
+    assert liverseg(env, "dicom", "to-nifti", series, reference).returncode == 0
+    rows, together = [], tmp_path / "stray-all"
+    shutil.copytree(series, together)
+    for n, (kind, write, name, reason) in enumerate(STRAY_KINDS):
+        folder = tmp_path / f"stray-{n:02d}"
+        shutil.copytree(series, folder)
+        write(folder, name)
+        write(together, name)
+        out = tmp_path / f"stray-{n:02d}.nii.gz"
+        done = liverseg(env, "dicom", "to-nifti", folder, out)
+        assert done.returncode == 0, (kind, done.stderr)
+        warning = done.stderr.strip().splitlines()
+        assert len(warning) == 1 and "warning" in warning[0] and f"{name} ({reason}" in warning[0], (kind, warning)
+        assert out.read_bytes() == reference.read_bytes(), f"{kind}: other voxels than without the stray file"
+        rows.append({"input": "DICOM folder", "kind": f"stray file: {kind}", "handled": True,
+                     "where": "dicom to-nifti, segment, infer stage", "reason": warning[0].split("warning: ", 1)[1]})
+    names = sorted(name for _, _, name, _ in STRAY_KINDS)
+    model_file = tmp_path / "stray-model.pt"
+    model_file.write_bytes(store.get_bytes(model))
+    done = liverseg(env, "segment", together, "--out", tmp_path / "stray-segment", "--model", model_file)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert sorted(s["file"] for s in result["skipped_files"]) == names
+    assert "mask.nii.gz" in result["files"] and "seg.dcm" in result["files"]
+    assert sum("warning" in line for line in done.stderr.splitlines()) == 1
+    store.upload_dir(together, "incoming/stray_all")
+    done = liverseg(env, "infer", "--run-id", "corpus-strays", "--model", model,
+                    "--study", "strays=incoming/stray_all/")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["ok"] == ["strays"]
+    details = store.get_json("runs/corpus-strays/infer/strays/_manifest.json")["details"]
+    assert sorted(s["file"] for s in details["skipped_files"]) == names
+    return rows

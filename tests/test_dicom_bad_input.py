@@ -40,9 +40,19 @@ def check(folder, *needles: str, file: str | None = None) -> None:
         assert caught.value.file == file
 
 
-def test_non_dicom_file_in_the_folder(six):
+def test_non_dicom_file_beside_the_series_is_skipped_and_named(six):
     (six[0].parent / "notes.txt").write_text("scanned on Tuesday\n")
-    check(six[0].parent, "notes.txt: not a DICOM file", file="notes.txt")
+    volume, report, _ = dicom_read.series_to_volume(dicom_read.series_files(six[0].parent))
+    assert volume.array.shape[2] == 6
+    assert report.skipped == [dicom_read.Skipped("notes.txt", "not a DICOM file")]
+
+
+def test_folder_without_a_ct_slice_names_what_it_holds(tmp_path):
+    folder = tmp_path / "nothing"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("scanned on Tuesday\n")
+    (folder / "DICOMDIR").write_bytes(bytes(128) + b"DICM" + bytes(40))
+    check(folder, "no CT image slices among 2 files (", "notes.txt: not a DICOM file")
 
 
 def test_truncated_file(six):
@@ -91,8 +101,8 @@ def test_non_ct_modality(six, tmp_path):
         ds.Modality, ds.SOPClassUID = "MR", "1.2.840.10008.5.1.4.1.1.4"
 
     rewrite(six, tmp_path / "mr", edit=mr)
-    check(tmp_path / "mr", "0000.dcm: not a CT image (Modality MR, SOP class 1.2.840.10008.5.1.4.1.1.4)",
-          file="0000.dcm")
+    check(tmp_path / "mr", "no CT image slices among 6 files",
+          "0000.dcm: not a CT image (Modality MR, SOP class 1.2.840.10008.5.1.4.1.1.4)")
 
 
 def test_rgb_image(six, tmp_path):
@@ -139,7 +149,7 @@ def test_multiframe_through_the_command(six, tmp_path):
         ds.PixelData = ds.PixelData * 2
 
     rewrite(six[:1], tmp_path / "mf", edit=frames)
-    check(tmp_path / "mf", "0000.dcm: multi-frame CT (2 frames", file="0000.dcm")
+    check(tmp_path / "mf", "no CT image slices among 1 file (", "0000.dcm: multi-frame CT (2 frames")
 
 
 def test_nifti_with_nans(tmp_path):

@@ -144,16 +144,19 @@ def test_group_splits_a_folder_into_series_and_reports_each(tmp_path):
     sources_before = mtimes(source)
     out = tmp_path / "groups"
     done = liverseg("dicom", "group", source, out, "--size", "8")
-    line = assert_one_line_error(done, "1 of 3 series not grouped, 1 files rejected", "README.txt: not a DICOM file",
-                                 "fewer than the group size 8")
-    assert "report.json" in line
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    warning, line = done.stderr.strip().splitlines()
+    assert "warning" in warning and "skipped 1 file (no CT slices): README.txt (not a DICOM file)" in warning
+    assert "1 of 3 series not grouped (" in line and "fewer than the group size 8" in line
+    assert "rejected" not in line and "report.json" in line
     report = json.loads((out / "report.json").read_text())
     by_count = {s["n_slices"]: s for s in report["series"]}
     a, b, c = by_count[20], by_count[10], by_count[3]
     assert a["key"] == "uid" and b["key"] == "geometry" and c["status"] == "failed"
     assert [(g["start"], g["stop"], g["overlap"]) for g in a["groups"]] == [(0, 8, 0), (8, 16, 0), (12, 20, 4)]
     assert [(g["start"], g["stop"], g["overlap"]) for g in b["groups"]] == [(0, 8, 0), (2, 10, 6)]
-    assert report["rejected_files"] == [{"file": "README.txt", "reason": "not a DICOM file"}]
+    assert report["skipped_files"] == [{"file": "README.txt", "reason": "not a DICOM file"}]
+    assert report["rejected_files"] == []
     for series in (a, b):
         folder = out / series["folder"]
         assert sorted(p.name for p in folder.iterdir()) == [*(g["name"] for g in series["groups"]), "series.json"]

@@ -98,8 +98,11 @@ def main(args: argparse.Namespace) -> int:
 
 def _to_nifti(args: argparse.Namespace) -> int:
     from .dicomtools import to_nifti
+    from .imaging.dicom_read import skipped_line
 
     r = to_nifti(args.series_dir, args.out, overwrite=args.force)
+    if r.skipped:
+        print(f"liverseg dicom to-nifti: warning: {args.series_dir}: {skipped_line(r.skipped)}", file=sys.stderr)
     spacing = "x".join(f"{s:g}" for s in r.spacing)
     state = "unchanged (same content)" if r.unchanged else "wrote"
     notes = f"; notes: {'; '.join(r.notes)}" if r.notes else ""
@@ -120,6 +123,7 @@ def _from_nifti(args: argparse.Namespace) -> int:
 
 def _group(args: argparse.Namespace) -> int:
     from .dicomtools import group_folder
+    from .imaging.dicom_read import Skipped, skipped_line
 
     report = group_folder(args.series_dir, args.out_dir, size=args.size, remainder=args.remainder)
     done = [s for s in report["series"] if s["status"] != "failed"]
@@ -127,10 +131,14 @@ def _group(args: argparse.Namespace) -> int:
     groups = sum(len(s["groups"]) for s in done)
     print(f"{len(done)} series grouped into {groups} groups of {args.size} in {args.out_dir}; "
           f"report {Path(args.out_dir) / 'report.json'}")
+    if report["skipped_files"]:
+        skipped = [Skipped(s["file"], s["reason"]) for s in report["skipped_files"]]
+        print(f"liverseg dicom group: warning: {args.series_dir}: {skipped_line(skipped)}", file=sys.stderr)
     if not failed and not report["rejected_files"]:
         return 0
     parts = [f"{s['folder']}: {'; '.join(s['problems'])}" for s in failed[:3]]
     parts += [f"{r['file']}: {r['reason']}" for r in report["rejected_files"][:3]]
-    summary = (f"{len(failed)} of {len(report['series'])} series not grouped, {len(report['rejected_files'])} "
-               f"files rejected ({' | '.join(parts)}); see report.json")
+    counts = [f"{len(failed)} of {len(report['series'])} series not grouped"] if failed else []
+    counts += [f"{len(report['rejected_files'])} files rejected"] if report["rejected_files"] else []
+    summary = f"{', '.join(counts)} ({' | '.join(parts)}); see report.json"
     return _fail("group", f"{args.series_dir}: {summary}", EXIT_DATA)

@@ -56,6 +56,7 @@ class ToNiftiResult:
     spacing: tuple[float, float, float]
     n_files: int
     notes: list[str]
+    skipped: list  # dicom_read.Skipped: files of the folder that are no CT slices
     unchanged: bool = False
 
 
@@ -73,7 +74,7 @@ def to_nifti(series_dir: Path, out: Path, *, overwrite: bool = False) -> ToNifti
     ordered, report = dicom_read.read_stack(dicom_read.series_files(series_dir))
     spacing = geometry.spacing(dicom_read.stack_affine(ordered))
     result = ToNiftiResult(out, (ordered[0].columns, ordered[0].rows, len(ordered)),
-                           tuple(round(s, 6) for s in spacing), len(ordered), report.notes)
+                           tuple(round(s, 6) for s in spacing), len(ordered), report.notes, report.skipped)
     if out.exists() and not overwrite:
         # Compare with what we would write: identical is a no-op, anything else is refused.
         fresh = dicom_read.write_nifti(ordered, out.with_name(f".new-{os.getpid()}-{out.name}"))  # same suffix
@@ -242,7 +243,8 @@ def series_folder_name(first) -> str:
 def group_folder(series_dir: Path, out_dir: Path, *, size: int = 64, remainder: str = "overlap") -> dict[str, Any]:
     """Group every CT series under ``series_dir`` into ``out_dir/<series>/gNNN/`` (DICOM copies + image.nii.gz).
 
-    Files that are not CT images are listed as rejected; a series with problems (duplicates, gaps, uneven spacing,
+    Files that are no CT slices (not DICOM, or DICOM objects of another kind) are listed as skipped, damaged CT
+    slices as rejected; a series with problems (duplicates, gaps, uneven spacing,
     mixed orientations, gantry tilt, too few slices, undecodable pixels) is reported and left out; the other
     series are grouped. Returns the report, also written to ``out_dir/report.json``.
     """
@@ -256,19 +258,21 @@ def group_folder(series_dir: Path, out_dir: Path, *, size: int = 64, remainder: 
     if remainder not in ("overlap", "drop"):
         raise InputError(f"unknown remainder policy {remainder!r} (overlap or drop)")
     files = dicom_read.series_files(series_dir)
-    headers, rejected = [], []
+    headers, skipped, rejected = [], [], []
     for path in files:
         try:
             headers.append(dicom_read.read_header(path))
         except InputError as exc:
-            rejected.append({"file": str(path.relative_to(series_dir)), "reason": exc.reason})
+            entry = {"file": str(path.relative_to(series_dir)), "reason": exc.reason}
+            (skipped if isinstance(exc, dicom_read.NotASlice) else rejected).append(entry)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for members in dicom_read.split_series(headers):
         entries.append(_group_one(members, series_dir, out_dir, size, remainder, dicom_read, grouping))
     report = {
         "source": str(series_dir), "out": str(out_dir), "size": size, "remainder": remainder,
-        "code_version": code_version(), "files": len(files), "rejected_files": rejected,
+        "code_version": code_version(), "files": len(files), "skipped_files": skipped,
+        "rejected_files": rejected,
         "series": sorted(entries, key=lambda e: e["folder"]),
     }
     _write_json(out_dir / "report.json", report)

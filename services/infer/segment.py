@@ -52,8 +52,12 @@ def segment_study(source: Path, out: Path, model_bytes: bytes, model_name: str, 
         model = LoadedModel(from_bytes(model_bytes), pick_device(device))
     except Exception as exc:  # unpickling or state-dict errors of many kinds: not a model we can use
         raise StageError(f"{model_name} is not a usable liverseg model ({type(exc).__name__}: {exc})") from None
+    skipped: list[dicom_read.Skipped] = []
     if source.is_dir():
-        image, _, ordered = dicom_read.series_to_volume(p for p in sorted(source.rglob("*")) if p.is_file())
+        image, report, ordered = dicom_read.series_to_volume(dicom_read.series_files(source))
+        skipped = report.skipped
+        if skipped:
+            print(f"liverseg segment: warning: {source}: {dicom_read.skipped_line(skipped)}", file=sys.stderr)
     else:
         image, ordered = nifti.load(source), None
     result = model.segment(image)
@@ -75,7 +79,8 @@ def segment_study(source: Path, out: Path, model_bytes: bytes, model_name: str, 
     (out / "report.html").write_text(html_report(f"liverseg segment {source.name}", [
         ReportEntry(source.name, figures, overlays)], [f"model: {model_name}"]))
     written.append("report.html")
-    return {"input": str(source), "out": str(out), "model": model_name, "files": written, **figures}
+    return {"input": str(source), "out": str(out), "model": model_name, "files": written, **figures,
+            "skipped_files": [s.as_dict() for s in skipped]}
 
 
 def main(args: argparse.Namespace) -> int:

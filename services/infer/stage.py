@@ -128,19 +128,23 @@ class InferStage:
         return ctx.config.infer.model_dump(mode="json") if self.studies is None else {}
 
     @staticmethod
-    def _study_volume(ctx: StageContext, inputs: dict[str, ObjectRef], work: Path) -> Volume:
+    def _study_volume(ctx: StageContext, inputs: dict[str, ObjectRef], work: Path
+                      ) -> tuple[Volume, list[dicom_read.Skipped]]:
+        """The study as a volume, and the files of a DICOM study that were skipped as no CT slices."""
         if "image" in inputs:
-            return nifti.load(ctx.store.get_file(inputs["image"].key, work / "image.nii.gz"), kind="image")
+            return nifti.load(ctx.store.get_file(inputs["image"].key, work / "image.nii.gz"), kind="image"), []
         # Keep the files' own names (relative to the study prefix): errors name the file a person uploaded.
         keys = [r.key for k, r in inputs.items() if k.startswith("dicom:")]
         prefix = os.path.commonpath(keys) if len(keys) > 1 else keys[0].rsplit("/", 1)[0]
         targets = {key: work / "dicom" / key[len(prefix):].lstrip("/") for key in keys}
-        volume, _, _ = dicom_read.series_to_volume(ctx.store.get_files(targets))
-        return volume
+        volume, report, _ = dicom_read.series_to_volume(ctx.store.get_files(targets))
+        if report.skipped:
+            log.warning("files skipped", extra={"skipped": dicom_read.skipped_line(report.skipped)})
+        return volume, report.skipped
 
     def process(self, ctx: StageContext, case: str, inputs: dict[str, ObjectRef], work: Path) -> CaseOutput:
         model = self.model(ctx, inputs["model"])
-        image = self._study_volume(ctx, inputs, work)
+        image, skipped = self._study_volume(ctx, inputs, work)
         label = None
         if "label" in inputs:
             label = nifti.load(ctx.store.get_file(inputs["label"].key, work / "label.nii.gz"), kind="label")
@@ -155,6 +159,8 @@ class InferStage:
                  for view, png in overlay_pngs(image, result.mask).items()]
         details: dict[str, Any] = {"seconds": round(seconds, 2), "shape": list(result.mask.shape),
                                    "model": inputs["model"].key}
+        if skipped:
+            details["skipped_files"] = [s.as_dict() for s in skipped]
         if label is not None:
             details.update(score(result.mask, label, image))
             details["seed_style_dice"] = round(result.seed_style_dice, 5)

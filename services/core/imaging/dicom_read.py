@@ -116,15 +116,34 @@ class SliceHeader:
                 *(f"{round(v, 4) + 0.0:.4f}" for v in (*self.orientation, *self.pixel_spacing)))
 
 
+class NotASlice(InputError):
+    """The file is no slice of a CT image series: not DICOM at all (a README, ``.DS_Store``, ``Thumbs.db``), or a
+    DICOM object of another kind (DICOMDIR, structured report, presentation state, SEG, secondary capture,
+    multi-frame). A folder's reader skips such files and names them; a damaged CT slice is an error instead."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file a folder's reader left out, and why (``NotASlice``'s reason)."""
+
+    file: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"file": self.file, "reason": self.reason}
+
+
 @dataclass
 class SeriesReport:
-    """What a series check found: counts, spacing and the problems that stop it from being a volume."""
+    """What a series check found: counts, spacing, the problems that stop it from being a volume, and the files
+    of its folder that were skipped as no CT slices."""
 
     n_slices: int
     slice_spacing: float
     slice_thickness: float | None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 # -- header --------------------------------------------------------------------------------------------------
@@ -205,10 +224,10 @@ def _header(path: Path, fields, transfer_syntax: str, pixel_offset: int | None, 
     modality = fields.text(MODALITY)
     frames = fields.text(FRAMES)
     if sop_class == ENHANCED_CT_STORAGE or (frames and frames.isdigit() and int(frames) > 1):
-        raise InputError(f"multi-frame CT ({frames or '?'} frames, SOP class {sop_class}) is not supported; "
+        raise NotASlice(f"multi-frame CT ({frames or '?'} frames, SOP class {sop_class}) is not supported; "
                          "export single-frame slices (CT Image Storage)", file=file)
     if modality != "CT" or sop_class != CT_IMAGE_STORAGE:
-        raise InputError(f"not a CT image (Modality {modality or 'missing'}, SOP class {sop_class or 'missing'})",
+        raise NotASlice(f"not a CT image (Modality {modality or 'missing'}, SOP class {sop_class or 'missing'})",
                          file=file)
     samples = fields.us(SAMPLES)
     photometric = fields.text(PHOTOMETRIC)
@@ -264,7 +283,7 @@ def _read_with_pydicom(path: Path) -> SliceHeader:
     try:
         ds = pydicom.dcmread(path, defer_size="64 KB")
     except InvalidDicomError:
-        raise InputError("not a DICOM file", file=path.name) from None
+        raise NotASlice("not a DICOM file", file=path.name) from None
     except Exception as exc:  # truncated or garbled files surface as many exception types
         raise InputError(f"unreadable DICOM: {type(exc).__name__}: {exc}", file=path.name) from None
     try:
@@ -321,13 +340,39 @@ def read_headers(paths: Iterable[Path]) -> list[SliceHeader]:
     return [read_header(p) for p in sorted(Path(p) for p in paths)]
 
 
+def read_slices(paths: Iterable[Path]) -> tuple[list[SliceHeader], list[Skipped]]:
+    """The headers of the CT slices among ``paths``, and every other file skipped with its reason (``NotASlice``),
+    as dcm2niix and SimpleITK's series reader leave out what is not an image of the series. A damaged CT slice is
+    still an ``InputError``; so is a folder with no CT slice at all, naming what it held instead."""
+    headers, skipped = [], []
+    paths = sorted(Path(p) for p in paths)
+    for path in paths:
+        try:
+            headers.append(read_header(path))
+        except NotASlice as exc:
+            skipped.append(Skipped(path.name, exc.reason))
+    if not paths:
+        raise InputError("no DICOM files")
+    if not headers:
+        found = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        raise InputError(f"no CT image slices among {len(paths)} file{'s' * (len(paths) != 1)} ({found}{more})")
+    return headers, skipped
+
+
+def skipped_line(skipped: Sequence[Skipped], limit: int = 5) -> str:
+    """One line naming the skipped files and why: ``skipped 2 files (no CT slices): a (why), b (why)``."""
+    named = ", ".join(f"{s.file} ({s.reason})" for s in skipped[:limit])
+    more = f" and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"skipped {len(skipped)} file{'s' * (len(skipped) != 1)} (no CT slices): {named}{more}"
+
+
 def series_files(folder: Path) -> list[Path]:
-    """Every regular file under ``folder`` (recursively, sorted), except hidden ones (names starting '.')."""
+    """Every regular file under ``folder`` (recursively, sorted), hidden ones too: they are named when skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
     if not files:
         raise InputError(f"no files in {folder}")
     return files
@@ -418,11 +463,14 @@ def check_stack(ordered: Sequence[SliceHeader]) -> SeriesReport:
 
 
 def read_stack(paths: Iterable[Path]) -> tuple[list[SliceHeader], SeriesReport]:
-    """A one-series folder's headers, ordered along the slice normal and checked (``InputError`` on a problem)."""
-    ordered = sort_by_position(single_series(read_headers(paths)))
+    """A one-series folder's CT slices, ordered along the slice normal and checked (``InputError`` on a problem);
+    the report names the files skipped as no CT slices (``read_slices``)."""
+    headers, skipped = read_slices(paths)
+    ordered = sort_by_position(single_series(headers))
     report = check_stack(ordered)
     if report.problems:
         raise InputError("; ".join(report.problems))
+    report.skipped = skipped
     return ordered, report
 
 
