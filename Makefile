@@ -89,7 +89,7 @@ bench-scale: venv
 # (DICOM_SERIES=dir for another), whole processes, median of interleaved runs -> bench-results/dicom.json.
 DICOM_SERIES ?= ../shared/data/tcia_pancreas_ct_cb001_dicom/dicom
 bench-dicom: venv tools
-	$(PY) -m liverseg.bench_dicom --series $(DICOM_SERIES) --out bench-results/dicom.json
+	$(PY) tests/bench/dicom.py --series $(DICOM_SERIES) --out bench-results/dicom.json
 
 # docs/RELIABILITY.md from the fault-injection and bad-input tests' own records (and bench-results/scale.json).
 reliability-doc: venv tools

@@ -47,11 +47,14 @@ except ImportError:  # Python 3.10: the wheelhouse key then covers the whole of 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 WORK = ROOT / ".liverseg" / "images"
-STAGES = ("convert", "group", "preprocess", "train", "infer")
+sys.path.insert(0, str(ROOT / "services"))  # the stage graph names the images; read it from this tree
+from liverseg.graph import IMAGES  # noqa: E402
+
+STAGES = tuple(image.name for image in IMAGES)
 # Which base target each stage image is built on (docker/base.Dockerfile).
-STAGE_BASE = {"convert": "imaging", "group": "imaging", "preprocess": "ml", "train": "ml", "infer": "ml"}
+STAGE_BASE = {image.name: image.base for image in IMAGES}
 # The stages a GPU base (--gpu-base-image) is used for.
-GPU_STAGES = ("train", "infer")
+GPU_STAGES = tuple(image.name for image in IMAGES if image.gpu)
 BASE_TARGETS = {"core": "liverseg", "imaging": "liverseg[imaging]", "ml": "liverseg[ml]"}
 OS_IMAGE = "localhost/liverseg-os:bookworm"
 BASE_REPO = "localhost/liverseg-base"

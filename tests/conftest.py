@@ -57,7 +57,7 @@ def store_env(settings, monkeypatch, tmp_path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """Five small synthetic cases (128–160 px matrix) in the MSD layout; generated once per session."""
-    from liverseg.synth import write_dataset
+    from liverseg.data.synth import write_dataset
 
     root = tmp_path_factory.mktemp("tiny-msd")
     write_dataset(root, cases=5, seed=7, matrix=(128, 160))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from conftest import shared_data_or_skip
 
+from conftest import shared_data_or_skip
 from liverseg.imaging.geometry import Volume
 
 TCIA = "tcia_pancreas_ct_cb001_dicom"
@@ -109,3 +109,12 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> s
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def nifti_to_dicom(image, label, patient_id: str, uid_namespace: str, out: Path, created=None) -> None:
+    """The convert stage's ``encode_case`` on in-memory volumes, written to ``out`` (``ct/``, ``seg.dcm``)."""
+    from liverseg.imaging.dicom_write import SeriesInfo
+    from liverseg.stages.convert import encode_case
+
+    encode_case(image, label, SeriesInfo(patient_id=patient_id, uid_namespace=uid_namespace),
+                created=created).write(Path(out))

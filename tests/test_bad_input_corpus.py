@@ -24,11 +24,11 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicom_helpers import nifti_to_dicom
 from liverseg.config import load_profile
-from liverseg.convert.stage import nifti_to_dicom
 from liverseg.imaging.geometry import Volume
 from liverseg.ml.model import build_unet
-from liverseg.train.stage import to_bytes
+from liverseg.ml.modelfile import to_bytes
 
 pytestmark = pytest.mark.slow
 

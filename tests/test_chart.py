@@ -13,8 +13,8 @@ import yaml
 from cluster_tools import REPO, argo_errors, by_kind_name, helm, kubernetes_validate, kustomize, load_all
 
 from liverseg import __version__
-from liverseg.workflows.render import render_all
-from liverseg.workflows.values import WorkflowValues
+from liverseg_workflows.render import render_all
+from liverseg_workflows.values import WorkflowValues
 
 CHART = REPO / "charts" / "liverseg"
 NAMESPACE = "liverseg"

@@ -31,8 +31,8 @@ def test_graph_is_ordered_and_names_the_five_stage_images():
     order = [s.name for s in topological()]
     assert order.index("convert") < order.index("group") < order.index("preprocess") < order.index("train")
     assert order.index("train") < order.index("infer") < order.index("evaluate")
-    assert {s.image for s in PIPELINE} == {"convert", "group", "preprocess", "train", "infer"}
-    assert [s.name for s in PIPELINE if s.gpu] == ["train"]
+    assert {s.image.name for s in PIPELINE} == {"convert", "group", "preprocess", "train", "infer"}
+    assert [s.name for s in PIPELINE if s.resources.gpu] == ["train"]
 
 
 def test_stage_without_store_settings_fails_clearly(tmp_path):

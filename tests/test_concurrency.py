@@ -13,8 +13,8 @@ import pytest
 from helpers import snapshot
 from liverseg import layout
 from liverseg.config import load_profile
-from liverseg.msd import ingest
-from liverseg.plan import make_plan
+from liverseg.data.msd import ingest
+from liverseg.stages.plan import make_plan
 
 pytestmark = pytest.mark.slow
 

@@ -6,14 +6,15 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicom_helpers import nifti_to_dicom
 from helpers import assert_same_volume, in_grid_of
 from liverseg.config import GroupConfig
-from liverseg.convert.stage import nifti_to_dicom
+from liverseg.data.synth import GridSpec, make_phantom
 from liverseg.errors import InputError
-from liverseg.group.stage import group_series, group_volume
 from liverseg.imaging import dicom_read
 from liverseg.imaging.geometry import Volume
-from liverseg.synth import GridSpec, make_phantom
+from liverseg.imaging.grouping import slab
+from liverseg.stages.group import group_series
 
 
 def rotation_z(degrees: float) -> np.ndarray:
@@ -65,7 +66,7 @@ def test_groups_have_64_slices_and_labels_match_images_voxel_for_voxel(tmp_path)
     full_label = Volume(grouped.label, grouped.volume.affine)
     original_label_on_grid = in_grid_of(label, full_label)
     for g in grouped.groups:
-        img_g, lab_g = group_volume(grouped.volume, g), group_volume(full_label, g)
+        img_g, lab_g = slab(grouped.volume, g.start, g.stop), slab(full_label, g.start, g.stop)
         assert img_g.array.shape[2] == 64
         np.testing.assert_allclose(img_g.affine, lab_g.affine)
         # The group's first slice is where its affine says: the stack's slice g.start.

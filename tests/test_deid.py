@@ -13,11 +13,11 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from liverseg.convert.stage import nifti_to_dicom
+from dicom_helpers import nifti_to_dicom
+from liverseg.data.synth import GridSpec, make_phantom
 from liverseg.imaging import dicom_read
 from liverseg.imaging.deid import Deidentifier
 from liverseg.imaging.geometry import Volume
-from liverseg.synth import GridSpec, make_phantom
 
 IDENTIFIERS = ("MRN-0042-X", "Doe^Jane", "General Hospital of Somewhere", "ACC778899")
 

@@ -12,9 +12,9 @@ import math
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_helpers import assert_one_line_error, liverseg, rewrite, tcia_files
 from pydicom.uid import JPEG2000Lossless
 
+from dicom_helpers import assert_one_line_error, liverseg, rewrite, tcia_files
 from liverseg.errors import InputError
 from liverseg.imaging import dicom_read, dicom_write, seg
 from liverseg.imaging.geometry import Volume

@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import assert_one_line_error, dcmqi_dir, liverseg, rewrite, tcia_files
 
-from liverseg import dicomtools
+from dicom_helpers import assert_one_line_error, dcmqi_dir, liverseg, rewrite, tcia_files
+from liverseg.commands import dicom as dicomtools
 from liverseg.imaging.seg import same_seg
 
 
@@ -159,7 +159,8 @@ def test_group_splits_a_folder_into_series_and_reports_each(tmp_path):
     assert report["rejected_files"] == []
     for series in (a, b):
         folder = out / series["folder"]
-        assert sorted(p.name for p in folder.iterdir()) == [*(g["name"] for g in series["groups"]), "series.json"]
+        assert sorted(p.name for p in folder.iterdir()) == [*(g["name"] for g in series["groups"]), "series.json",
+                                                            "volume"]
         for g in series["groups"]:
             assert len(list((folder / g["name"] / "dicom").iterdir())) == 8
             img = nib.load(folder / g["name"] / "image.nii.gz")

@@ -10,13 +10,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import dcmqi_dir, dcmtk, rewrite, tcia_files
 from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
 )
 
+from dicom_helpers import dcmqi_dir, dcmtk, rewrite, tcia_files
 from liverseg.errors import InputError
 from liverseg.imaging import dicom_pixels, dicom_read, dicom_scan, dicom_write, nifti1
 from liverseg.imaging.geometry import Volume

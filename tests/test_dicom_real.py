@@ -17,15 +17,15 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import assert_valid_dicom, dcmqi_dir, read_nrrd, tcia_files
 
+from dicom_helpers import assert_valid_dicom, dcmqi_dir, read_nrrd, tcia_files
 from helpers import assert_same_volume
-from liverseg import dicomtools
+from liverseg.commands import dicom as dicomtools
 from liverseg.config import GroupConfig
 from liverseg.errors import InputError
-from liverseg.group.stage import group_series
 from liverseg.imaging import dicom_read, nifti, seg
 from liverseg.imaging.geometry import Volume
+from liverseg.stages.group import group_series
 
 
 def dcm2niix(series_dir, out_dir) -> nib.Nifti1Image:

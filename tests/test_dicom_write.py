@@ -9,10 +9,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import LPS_FROM_RAS, assert_valid_dicom
 
+from dicom_helpers import LPS_FROM_RAS, assert_valid_dicom, nifti_to_dicom
 from helpers import assert_same_volume, in_grid_of
-from liverseg.convert.stage import nifti_to_dicom
 from liverseg.errors import InputError
 from liverseg.imaging import dicom_read, dicom_write, nifti, nifti1
 from liverseg.imaging.geometry import Volume
@@ -209,7 +208,7 @@ def test_seg_beside_the_series_is_valid_and_aligned(tmp_path):
     nifti_to_dicom(image, Volume(label, image.affine), "case_w", "ns-seg", tmp_path)
     assert_valid_dicom([tmp_path / "seg.dcm", tmp_path / "ct" / "0001.dcm"])
     from liverseg.config import GroupConfig
-    from liverseg.group.stage import group_series
+    from liverseg.stages.group import group_series
     grouped = group_series(sorted((tmp_path / "ct").glob("*.dcm")), tmp_path / "seg.dcm", GroupConfig(size=7))
     assert_same_volume(Volume(label, image.affine), Volume(grouped.label, grouped.volume.affine))
 

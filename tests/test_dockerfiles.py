@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from liverseg.graph import IMAGES, PIPELINE
-from liverseg.workflows.cluster import RUN_AS_USER
-from liverseg.workflows.pods import ENTRYPOINT
+from liverseg_workflows.cluster import RUN_AS_USER
+from liverseg_workflows.pods import ENTRYPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -26,6 +26,7 @@ DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 def load_build_module():
     spec = importlib.util.spec_from_file_location("liverseg_image_build", DOCKER / "build.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -46,7 +47,7 @@ def hadolint() -> str:
 
 
 def test_one_dockerfile_per_stage_image_and_a_shared_base():
-    assert {p.name for p in DOCKERFILES} == {f"{image}.Dockerfile" for image in IMAGES} | {"base.Dockerfile"}
+    assert {p.name for p in DOCKERFILES} == {f"{image.name}.Dockerfile" for image in IMAGES} | {"base.Dockerfile"}
     assert {s.image for s in PIPELINE} == set(IMAGES)
 
 
@@ -64,7 +65,7 @@ def test_base_takes_the_base_image_as_a_build_argument_defaulting_to_python_slim
     assert targets == ["core", "imaging", "ml"]
 
 
-@pytest.mark.parametrize("stage", IMAGES)
+@pytest.mark.parametrize("stage", [image.name for image in IMAGES])
 def test_stage_image_runs_liverseg_as_the_pods_user_and_installs_only_its_extra(stage):
     build = load_build_module()
     steps = instructions(DOCKER / f"{stage}.Dockerfile")
@@ -95,5 +96,5 @@ def test_no_dockerfile_sets_a_secret_or_copies_the_repository():
 
 def test_build_script_knows_every_stage():
     build = load_build_module()
-    assert set(build.STAGES) == set(IMAGES) == set(build.STAGE_BASE)
-    assert set(build.GPU_STAGES) == {s.image for s in PIPELINE if s.gpu} | {"infer"}
+    assert set(build.STAGES) == {i.name for i in IMAGES} == set(build.STAGE_BASE) == {s.image.name for s in PIPELINE}
+    assert set(build.GPU_STAGES) == {s.image.name for s in PIPELINE if s.resources.gpu} | {"infer"}

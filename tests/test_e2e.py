@@ -85,8 +85,8 @@ def test_pipeline_end_to_end_with_bad_cases_and_rerun(store, settings, store_env
     assert store.get_json("runs/e2e/train/metrics.json")[-1]["epoch"] == 2
 
     # The model is registered and, being the first, promoted; the champion scores a case as infer did.
-    from liverseg.infer.promote import score_model
     from liverseg.registry import Registry
+    from liverseg.stages.promote import score_model
 
     assert summary["promotion"]["promoted"] is True and Registry(store).champion() == "e2e"
     assert (tmp_path / "reports" / "e2e" / "report.html").read_text().count("data:image/png;base64") >= 3

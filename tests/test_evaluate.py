@@ -9,8 +9,8 @@ import pytest
 
 from liverseg import manifest as mf
 from liverseg.imaging.geometry import Volume
-from liverseg.infer.evaluate import case_figures, summarize
-from liverseg.infer.stage import score
+from liverseg.stages.evaluate import case_figures, summarize
+from liverseg.stages.infer import score
 
 
 def test_a_case_with_no_liver_predicted_counts_in_dice_and_is_named_beside_hd95():

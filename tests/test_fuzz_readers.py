@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from liverseg.convert.stage import nifti_to_dicom
+from dicom_helpers import nifti_to_dicom
+from liverseg.data.msd import DatasetError, scan
 from liverseg.errors import InputError
 from liverseg.imaging import dicom_read, nifti
 from liverseg.imaging.geometry import Volume
-from liverseg.msd import DatasetError, scan
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 mutations = st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), min_size=1, max_size=8)

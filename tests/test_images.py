@@ -1,7 +1,7 @@
 """The stage images, built from this tree: what they contain, how they run, and the whole pipeline run in them.
 
 The pipeline runs as the cluster would run it: every container template of the rendered WorkflowTemplates
-(``liverseg.workflows.contract``), with its command, arguments and plain environment, in its image, with the
+(``liverseg_workflows.contract``), with its command, arguments and plain environment, in its image, with the
 pods' restrictions (uid 10001, read-only root filesystem with only /tmp writable, no capabilities, no privilege
 escalation) and the store settings the Secret and ConfigMap would give, against the real store. ``plan`` writes
 its case lists to /tmp/outputs as Argo reads them, and the per-case steps fan out over those lists. The same
@@ -45,7 +45,7 @@ TINY_TRAINING = ["train.epochs=2", "train.val_interval=1", "train.patch=[48,48,3
 RUN = "ctr-e2e"
 STUDY_RUN = "ctr-study"
 WORKFLOW_NAME = "liverseg-pipeline-x7k2p"
-# The restrictions of the workflow pods (workflows/pods.py), as podman flags. --read-only-tmpfs=false: podman
+# The restrictions of the workflow pods (workflows/liverseg_workflows/pods.py), as podman flags. --read-only-tmpfs=false: podman
 # would otherwise also make /var/tmp and /run writable; a pod has only its /tmp emptyDir.
 POD_FLAGS = ["--rm", "--pull=never", "--network=host", "--read-only", "--read-only-tmpfs=false",
              "--tmpfs", "/tmp:rw,mode=1777", "--user", "10001:10001", "--cap-drop", "ALL",
@@ -111,7 +111,7 @@ def test_every_stage_has_an_image_tagged_with_the_version(images):
 
 
 def test_images_run_as_uid_10001_with_the_liverseg_entrypoint_and_labels(images):
-    from liverseg.workflows.cluster import RUN_AS_USER
+    from liverseg_workflows.cluster import RUN_AS_USER
 
     for stage, ref in images["images"].items():
         config = inspect(ref)["Config"]
@@ -291,9 +291,9 @@ def run_call(call, settings: StoreSettings, outputs: Path | None = None, **slots
 
 @pytest.fixture(scope="module")
 def container_run(images, weed, tiny_dataset, tmp_path_factory) -> ContainerRun:
-    from liverseg.msd import ingest
+    from liverseg.data.msd import ingest
     from liverseg.runner import RunSpec, run_pipeline
-    from liverseg.workflows.contract import container_calls
+    from liverseg_workflows.contract import container_calls
 
     tmp = tmp_path_factory.mktemp("container-e2e")
     data = make_dataset(tiny_dataset, tmp / "msd")

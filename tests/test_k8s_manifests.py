@@ -8,7 +8,7 @@ import yaml
 from cluster_tools import REPO, by_kind_name, kubernetes_validate, kustomize
 
 from liverseg.settings import ENV_ACCESS_KEY, ENV_ENDPOINT, ENV_PUSHGATEWAY, ENV_SECRET_KEY, STORE_ENV_KEYS
-from liverseg.workflows.cluster import (
+from liverseg_workflows.cluster import (
     ARTIFACT_REPOSITORIES_CONFIGMAP,
     ARTIFACT_REPOSITORY_KEY,
     PUSHGATEWAY,
@@ -19,7 +19,7 @@ from liverseg.workflows.cluster import (
     TRAINING_PRIORITY_CLASS,
     WORKFLOW_POD_LABELS,
 )
-from liverseg.workflows.values import WorkflowValues
+from liverseg_workflows.values import WorkflowValues
 
 OVERLAYS = ("dev", "hospital")
 

@@ -8,7 +8,9 @@ import torch
 from scipy import ndimage
 
 from liverseg.config import load_profile
+from liverseg.data.synth import GridSpec, make_phantom
 from liverseg.errors import InputError
+from liverseg.graph import STEPS
 from liverseg.imaging import nifti
 from liverseg.imaging.geometry import Volume
 from liverseg.ml import metrics
@@ -16,8 +18,7 @@ from liverseg.ml.inference import largest_component, segment
 from liverseg.ml.model import build_unet
 from liverseg.ml.training import Sample, Trainer, TrainState
 from liverseg.ml.transforms import preprocess_pair
-from liverseg.preprocess.stage import preprocess_unit
-from liverseg.synth import GridSpec, make_phantom
+from liverseg.stages.preprocess import preprocess_unit
 
 
 def phantom(shape=(96, 96, 40), spacing=(0.9, 0.9, 3.0), flips=(True, True, False), seed=0):
@@ -120,7 +121,7 @@ def test_training_learns_a_tiny_problem():
 def test_resume_is_bit_exact_on_cpu():
     """Killed after epoch 2 and resumed from its checkpoint bytes: the same weights, optimizer state and metrics
     as an uninterrupted run."""
-    from liverseg.train.stage import from_bytes, to_bytes
+    from liverseg.ml.modelfile import from_bytes, to_bytes
 
     profile = tiny_cfg(4)
     straight = Trainer(profile.train, profile.infer, torch.device("cpu")).fit(tiny_samples(), tiny_samples(1))
@@ -187,7 +188,7 @@ def test_no_resume_discards_the_abandoned_attempts_checkpoints(store, tmp_path, 
 
     from liverseg.metrics import StageMetrics
     from liverseg.stagekit import CaseEntry, Plan, StageContext
-    from liverseg.train.stage import TrainStage
+    from liverseg.stages.train import TrainStage
 
     sample = tiny_samples(1)[0]
     buffer = io.BytesIO()
@@ -198,18 +199,18 @@ def test_no_resume_discards_the_abandoned_attempts_checkpoints(store, tmp_path, 
         "train.checkpoint_every=1"])
     plan = Plan(run_id="r", dataset="d", cases={"a": CaseEntry(image="i", label="l", patient="a")},
                 split={"train": ["a"], "val": [], "test": []}, profile=profile.model_dump(mode="json"))
-    ctx = StageContext(store=store, run_id="r", stage="train", metrics=StageMetrics("train", "r"), plan=plan)
-    TrainStage(ctx, resume="auto", device="cpu")._train(tmp_path, refs, {}, {}, "FP")
-    assert [epoch for epoch, _ in TrainStage(ctx, device="cpu")._checkpoints()] == [2, 3]
+    ctx = StageContext(store=store, run_id="r", step=STEPS["train"], metrics=StageMetrics("train", "r"), plan=plan)
+    TrainStage(resume="auto", device="cpu").produce(ctx, refs, tmp_path, "FP")
+    assert [epoch for epoch, _ in TrainStage(device="cpu")._checkpoints(ctx)] == [2, 3]
 
     def killed(self) -> bool:  # the fresh attempt dies right after its first checkpoint
         raise KeyboardInterrupt
 
     monkeypatch.setattr(StageMetrics, "push", killed)
     with pytest.raises(KeyboardInterrupt):
-        TrainStage(ctx, resume="never", device="cpu")._train(tmp_path, refs, {}, {}, "FP")
-    assert [epoch for epoch, _ in TrainStage(ctx, device="cpu")._checkpoints()] == [1]
-    assert TrainStage(ctx, resume="auto", device="cpu")._resume_state("FP").epoch == 1
+        TrainStage(resume="never", device="cpu").produce(ctx, refs, tmp_path, "FP")
+    assert [epoch for epoch, _ in TrainStage(device="cpu")._checkpoints(ctx)] == [1]
+    assert TrainStage(resume="auto", device="cpu")._resume_state(ctx, "FP").epoch == 1
 
 
 def test_preprocess_sets_aside_a_unit_without_a_body(tmp_path):

@@ -20,7 +20,7 @@ import yaml
 from cluster_tools import require
 from prometheus_client.parser import text_string_to_metric_families
 
-from liverseg.workflows.monitoring import (
+from liverseg_workflows.monitoring import (
     ARGO_PREFIX,
     MAX_DAYS_WITHOUT_SUCCESS,
     TRAIN_STALL_MINUTES,
@@ -92,7 +92,7 @@ def test_stage_commands_push_their_metrics_with_workflow_stage_and_case(pushgate
            "LIVERSEG_WORKFLOW": WORKFLOW}
     assert liverseg("ingest", str(tiny_dataset), "--dataset", "tiny", env=env, cwd=tmp_path).returncode == 0
     plan = liverseg("plan", "--run-id", "m1", "--dataset", "tiny", "--profile", "default",
-                    "--cases-out", str(tmp_path / "cases.json"), env=env, cwd=tmp_path)
+                    "--case-list", f"cases={tmp_path / 'cases.json'}", env=env, cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
     case = json.loads((tmp_path / "cases.json").read_text())[0]
     convert = liverseg("convert", "--run-id", "m1", "--case", case, env=env, cwd=tmp_path)

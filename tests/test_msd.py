@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
+from liverseg.data.msd import DatasetError, ingest, scan
 from liverseg.errors import ConflictError
-from liverseg.msd import DatasetError, ingest, scan
 
 
 def write_meta(root, training):

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from liverseg.cli import main
-from liverseg.workflows.cluster import ARGO_CRDS, SERVICE_ACCOUNT, STORE_SECRET
-from liverseg.workflows.preflight import tolerated, unschedulable_reason
+from liverseg_workflows.cluster import ARGO_CRDS, SERVICE_ACCOUNT, STORE_SECRET
+from liverseg_workflows.preflight import tolerated, unschedulable_reason
 
 NS = "liverseg"
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
 from liverseg import layout
 from liverseg import manifest as mf
 from liverseg.config import load_profile
-from liverseg.infer.promote import gate, held_out_of, promote
+from liverseg.graph import STEPS
 from liverseg.metrics import StageMetrics
+from liverseg.ml.modelfile import to_bytes
 from liverseg.registry import Registry, RegistryError, held_out_id
-from liverseg.stagekit import CaseEntry, Plan, StageContext
-from liverseg.train.stage import to_bytes
+from liverseg.stagekit import CaseEntry, Plan, StageContext, run_once
+from liverseg.stages.promote import PromoteStage, gate, held_out_of
 
 
 def test_gate():
@@ -45,8 +47,13 @@ def fake_run(store, run_id, per_case_dice, trained_on=(), validated_on=(), datas
         mf.write(store, layout.manifest_key(run_id, stage), mf.Manifest(
             stage=stage, run_id=run_id, fingerprint=stage, code_version="test", outputs=mf.entries(outputs),
             details=details, **stamp))
-    return StageContext(store=store, run_id=run_id, stage="promote", metrics=StageMetrics("promote", run_id),
+    return StageContext(store=store, run_id=run_id, step=STEPS["promote"], metrics=StageMetrics("promote", run_id),
                         plan=plan)
+
+
+def promote(ctx: StageContext) -> dict:
+    """The promote step's record for a run (``run_once``, as its command runs it)."""
+    return run_once(ctx, PromoteStage(), Path(".")).details
 
 
 def test_first_model_becomes_champion_then_worse_is_refused_and_better_promoted(store):

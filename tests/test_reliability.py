@@ -22,9 +22,9 @@ import torch
 
 from liverseg import layout
 from liverseg.config import load_profile
+from liverseg.data.msd import ingest
 from liverseg.embedded import EmbeddedStore, find_free_s3_port
-from liverseg.msd import ingest
-from liverseg.plan import make_plan
+from liverseg.stages.plan import make_plan
 from liverseg.store import ObjectStore
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from liverseg.imaging.geometry import Volume
-from liverseg.infer.report import overlay_pngs
+from liverseg.report import overlay_pngs
 
 
 @pytest.mark.parametrize("flips", [(False, False, False), (True, True, False), (True, False, True)])

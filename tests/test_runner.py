@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from liverseg.config import env_override_pairs
+from liverseg.data.msd import ingest
 from liverseg.graph import STEPS
-from liverseg.msd import ingest
 from liverseg.runner import RunSpec, run_step
 from liverseg.stagekit import load_plan
 

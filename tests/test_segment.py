@@ -14,14 +14,14 @@ import pydicom
 import pytest
 import torch
 
+from dicom_helpers import nifti_to_dicom
 from liverseg.config import load_profile
-from liverseg.convert.stage import nifti_to_dicom
+from liverseg.data.synth import GridSpec, make_phantom
 from liverseg.imaging import dicom_read
 from liverseg.imaging.geometry import Volume
+from liverseg.ml.modelfile import to_bytes
 from liverseg.ml.training import Sample, Trainer
 from liverseg.ml.transforms import preprocess_pair
-from liverseg.synth import GridSpec, make_phantom
-from liverseg.train.stage import to_bytes
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_nifti_input_and_clear_errors(model_file, tiny_dataset, tmp_path):
     bad_model = tmp_path / "bad.pt"
     bad_model.write_bytes(b"not a model")
     done = segment(tiny_dataset / "imagesTr" / "liver_0.nii.gz", "--out", tmp_path / "o2", "--model", bad_model)
-    assert done.returncode == 1 and "is not a usable liverseg model" in done.stderr
+    assert done.returncode == 2 and "is not a usable liverseg model" in done.stderr  # a wrong argument
     assert "Traceback" not in done.stderr
     done = segment(tmp_path / "missing.nii.gz", "--out", tmp_path / "o3", "--model", model_file)
     assert done.returncode == 2 and "does not exist" in done.stderr

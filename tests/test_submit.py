@@ -6,16 +6,17 @@ the request names the right template with the right parameters, and that the set
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 from hera.workflows.models import NodeStatus, ObjectMeta, Workflow, WorkflowSpec, WorkflowStatus
 
-from liverseg.cli import build_parser, main
-from liverseg.workflows import pipeline
-from liverseg.workflows.submit import (
+from liverseg.cli import main
+from liverseg.errors import UsageError
+from liverseg_workflows import pipeline, submit
+from liverseg_workflows.submit import (
     ArgoServer,
-    UsageError,
     infer_parameters,
     pipeline_parameters,
     submission,
@@ -24,7 +25,9 @@ from liverseg.workflows.submit import (
 
 
 def parse(*argv: str):
-    return build_parser().parse_args(["submit", *argv])
+    parser = argparse.ArgumentParser()
+    submit.add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def test_pipeline_flags_become_template_parameters_and_only_those_given():

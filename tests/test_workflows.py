@@ -17,11 +17,12 @@ import pytest
 import yaml
 from cluster_tools import REPO, argo_errors
 
+from liverseg import runner
 from liverseg.cli import main
-from liverseg.graph import PIPELINE, STEPS, Step
+from liverseg.graph import CT, GROUP_IMAGE, GROUPS, INFER_IMAGE, PIPELINE, STEPS, SUMMARY, Output, Step
 from liverseg.runner import RunSpec
-from liverseg.workflows import infer, pipeline, retrain
-from liverseg.workflows.cluster import (
+from liverseg_workflows import infer, pipeline, retrain
+from liverseg_workflows.cluster import (
     RUN_AS_USER,
     SERVICE_ACCOUNT,
     SETTINGS_CONFIGMAP,
@@ -31,9 +32,9 @@ from liverseg.workflows.cluster import (
     STORE_SECRET_KEYS,
     TRAINING_PRIORITY_CLASS,
 )
-from liverseg.workflows.contract import container_calls
-from liverseg.workflows.render import render_all
-from liverseg.workflows.values import WorkflowValues
+from liverseg_workflows.contract import container_calls
+from liverseg_workflows.render import render_all
+from liverseg_workflows.values import WorkflowValues
 
 SITES = {"default": None, "dev": REPO / "k8s/overlays/dev/workflows.yaml",
          "hospital": REPO / "k8s/overlays/hospital/workflows.yaml"}
@@ -133,6 +134,20 @@ CASES, TEST_CASES = ["liver_0", "liver_1", "liver_2"], ["liver_2"]
 OUTPUTS = {"cases": CASES, "test-cases": TEST_CASES}
 
 
+# What each step's pods run, written out for the first submission below (r1, tiny, seed, one override, 3 cases):
+# the command lines a person reads in ``kubectl get pod -o yaml``, not rebuilt from the code under test.
+EXPECTED_R1 = {
+    "plan": [["plan", "--run-id", "r1", "--dataset", "tiny", "--profile", "seed", "--overrides", "train.lr=0.01",
+              "--max-cases", "3"]],
+    **{step: [[step, "--run-id", "r1", "--case", case] for case in CASES] for step in ("convert", "group",
+                                                                                       "preprocess")},
+    "train": [["train", "--run-id", "r1"]],
+    "infer": [["infer", "--run-id", "r1", "--case", "liver_2"]],
+    "evaluate": [["evaluate", "--run-id", "r1"]],
+    "promote": [["promote", "--run-id", "r1"]],
+}
+
+
 @pytest.mark.parametrize("submitted, spec", [
     ({"run-id": "r1", "dataset": "tiny", "profile": "seed", "overrides": "train.lr=0.01", "max-cases": "3"},
      RunSpec("r1", "tiny", "seed", ["train.lr=0.01"], 3)),
@@ -142,17 +157,18 @@ OUTPUTS = {"cases": CASES, "test-cases": TEST_CASES}
     ({}, RunSpec("liverseg-pipeline-x7k2p", "Task03_Liver", "default")),
 ])
 def test_every_pod_runs_what_the_local_runner_runs_for_its_step(submitted, spec):
+    """The pods' command lines (rendered YAML, Argo's substitution) against the local runner's (its child process
+    command lines), and, for the first submission, both against the lines written out above."""
     wt = render_all()[f"workflowtemplate-{pipeline.NAME}.yaml"]
     pods = pods_argo_would_run(wt, submitted, "liverseg-pipeline-x7k2p", OUTPUTS)
-    runner_values = spec.values()
     for step in PIPELINE:
-        cases = {"none": [None], "cases": CASES, "test": TEST_CASES}[step.fan_out]
-        expected = [step.args(runner_values, case) for case in cases]
+        cases = {"run": [None], "cases": CASES, "test": TEST_CASES}[step.covers]
+        expected = [runner.step_command(step, spec, case)[3:] for case in cases]  # less python -m liverseg
         got = pods.pop(step.name)
         if step.name == pipeline.PLAN:
             # plan also writes the case lists Argo fans out over; the rest of its command line is the runner's.
-            assert all(a[-4:] == ["--cases-out", "/tmp/outputs/cases.json", "--test-out",
-                                  "/tmp/outputs/test-cases.json"] for a in got)
+            assert all(a[-4:] == ["--case-list", "cases=/tmp/outputs/cases.json", "--case-list",
+                                  "test=/tmp/outputs/test-cases.json"] for a in got)
             got = [a[:-4] for a in got]
         if "--overrides" in expected[0]:
             # The runner joins overrides with ';'; plan splits on ';' and drops empty items.
@@ -161,6 +177,8 @@ def test_every_pod_runs_what_the_local_runner_runs_for_its_step(submitted, spec)
             assert split[0] == split[1]
             got[0][at] = expected[0][at]
         assert got == expected, step.name
+        if spec.run_id == "r1":
+            assert got == EXPECTED_R1[step.name], step.name
     assert set(pods) == {"record-status"}  # only the exit handler is left, which the runner has no need for
 
 
@@ -173,14 +191,13 @@ def test_plan_outputs_are_the_lists_per_case_steps_fan_out_over():
     assert tasks["each-case"]["withParam"] == "{{tasks.plan.outputs.parameters.cases}}"
     assert tasks["each-held-out-case"]["withParam"] == "{{tasks.plan.outputs.parameters.test-cases}}"
     nested = [t["name"] for t in templates(wt)["each-case"]["dag"]["tasks"]]
-    assert nested == [s.name for s in PIPELINE if s.fan_out == "cases"]
+    assert nested == [s.name for s in PIPELINE if s.covers == "cases"]
     assert tasks["train"]["depends"] == "each-case"
 
 
 def test_a_step_added_to_the_graph_appears_without_editing_the_workflows():
-    report = Step("report", image="infer", module="x", summary="s", needs=("evaluate",),
-                  extra_args=("--dataset", "{dataset}"))
-    check = Step("check", image="group", module="x", summary="s", needs=("group",), fan_out="cases")
+    report = Step("report", INFER_IMAGE, "s", reads=(SUMMARY,), extra_args=("--dataset", "{dataset}"))
+    check = Step("check", GROUP_IMAGE, "s", covers="cases", reads=(GROUPS,))
     wt = pipeline.pipeline_template(WorkflowValues(), (*PIPELINE, report, check)).to_dict()
     assert templates(wt)["report"]["container"]["args"] == [
         "report", "--run-id", "{{inputs.parameters.run-id}}", "--dataset", "{{inputs.parameters.dataset}}"]
@@ -194,8 +211,9 @@ def test_a_step_added_to_the_graph_appears_without_editing_the_workflows():
 
 
 def test_a_grouping_that_would_make_a_cycle_is_refused():
-    whole = Step("whole", image="group", module="x", summary="s", needs=("convert",))
-    after = Step("after", image="group", module="x", summary="s", needs=("whole",), fan_out="cases")
+    table = Output("whole", "table", "table.json", per_case=False)
+    whole = Step("whole", GROUP_IMAGE, "s", reads=(CT,), writes=(table,))
+    after = Step("after", GROUP_IMAGE, "s", covers="cases", reads=(table,))
     with pytest.raises(ValueError, match="cycle"):
         pipeline.pipeline_template(WorkflowValues(), (*PIPELINE, whole, after))
 
@@ -208,7 +226,7 @@ def test_infer_template_segments_each_study_with_the_chosen_model():
         ["infer", "--run-id", "liverseg-infer-abc", "--model", "champion", "--study", s] for s in studies]
     assert set(pods) == {"record-status"}
     assert "value" not in wt["spec"]["arguments"]["parameters"][0]  # studies: required at submission
-    assert templates(wt)[infer.TEMPLATE]["container"]["image"].endswith(f"/liverseg-{STEPS['infer'].image}:"
+    assert templates(wt)[infer.TEMPLATE]["container"]["image"].endswith(f"/liverseg-{STEPS['infer'].image.name}:"
                                                                          "{{workflow.parameters.tag}}")
 
 
@@ -225,7 +243,7 @@ def test_exit_handler_records_the_outcome_under_the_run_id():
 def test_train_requests_gpus_and_runs_where_the_site_says():
     values = site_values("hospital")
     wt = render_all(values)[f"workflowtemplate-{pipeline.NAME}.yaml"]
-    (gpu_step,) = [s for s in PIPELINE if s.gpu]
+    (gpu_step,) = [s for s in PIPELINE if s.resources.gpu]
     train = templates(wt)[gpu_step.name]
     resources = train["container"]["resources"]
     assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "1"
@@ -245,7 +263,7 @@ def test_train_requests_gpus_and_runs_where_the_site_says():
     assert retry["limit"] == 3 and "lastRetry.status == 'Error'" in retry["expression"]
     # Only GPU steps get GPUs and GPU nodes.
     for step in PIPELINE:
-        if not step.gpu:
+        if not step.resources.gpu:
             assert "nvidia.com/gpu" not in json.dumps(templates(wt)[step.name]["container"]["resources"])
             assert "nodeSelector" not in templates(wt)[step.name]
 
@@ -366,7 +384,7 @@ def test_every_workflow_parameter_says_what_it_is(rendered):
 
 
 def test_the_liverseg_command_starts_in_a_stage_image_without_the_ops_extra():
-    """Stage images install no Hera or Kubernetes client: the commands registered from liverseg.workflows must
+    """Stage images install no Hera or Kubernetes client: the commands registered from liverseg_workflows must
     not import them until they run (the exit handler's record-status runs in a stage image)."""
     code = ("import sys\n"
             "for name in ('hera', 'kubernetes', 'jsonschema'): sys.modules[name] = None\n"

@@ -17,12 +17,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from liverseg.data.msd import ingest
+from liverseg.data.synth import write_dataset
 from liverseg.embedded import EmbeddedStore, find_free_s3_port
-from liverseg.msd import ingest
 from liverseg.runner import RunSpec, run_pipeline
 from liverseg.settings import home
 from liverseg.store import ObjectStore
-from liverseg.synth import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_CT = ROOT.parent / "shared" / "data" / "tcia_pancreas_ct_cb001_dicom" / "dicom"
@@ -84,7 +84,7 @@ def real_ct_overlays(results: dict, out: Path) -> None:
     if not REAL_CT.exists():
         print(f"real CT not found at {REAL_CT}: overlays skipped")
         return
-    from liverseg.infer.segment import segment_study
+    from liverseg.commands.segment import segment_study
 
     best = max(("default", "seed"), key=lambda m: results[m]["mean_dice"] or 0)
     model = Path(results[best]["model_file"])

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 from liverseg.config import load_profile
+from liverseg.data.msd import ingest
+from liverseg.data.synth import write_dataset
 from liverseg.embedded import EmbeddedStore, find_free_s3_port
-from liverseg.msd import ingest
-from liverseg.plan import make_plan
 from liverseg.settings import home
+from liverseg.stages.plan import make_plan
 from liverseg.store import ObjectStore
-from liverseg.synth import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("convert", "group", "preprocess")

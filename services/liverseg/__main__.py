@@ -1,0 +1,5 @@
+import sys
+
+from liverseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,208 @@
+"""infer: a trained model + held-out studies → liver masks on each study's original grid, scored when labelled.
+
+Reads  runs/<run>/train/model.pt, datasets/<dataset>/imagesTr/<case>.nii.gz (+ labelsTr) for the plan's test cases
+Writes runs/<run>/infer/<case>/mask.nii.gz                  uint8, 1 = liver, the study's own affine and shape
+       runs/<run>/infer/<case>/overlay_{axial,coronal,sagittal}.png
+       runs/<run>/infer/<case>/seg.dcm                      DICOM studies only: a DICOM SEG referencing them
+
+Study mode (``--study``, the ``liverseg-infer`` workflow) segments any NIfTI object or DICOM series prefix in the
+store with any model, without a plan. ``segment_study`` is the segmentation itself; this stage (download →
+segment → upload) and ``liverseg segment`` (files → segment → files) both call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liverseg import layout
+from liverseg.errors import InputError, StageError, UsageError
+from liverseg.graph import MASK, MODEL, STEPS
+from liverseg.imaging import dicom_read, nifti
+from liverseg.imaging.geometry import Volume, same_grid
+from liverseg.ml import metrics
+from liverseg.ml.model import pick_device
+from liverseg.ml.modelfile import LoadedModel
+from liverseg.provenance import code_version
+from liverseg.registry import Registry
+from liverseg.report import liver_ml, overlay_pngs
+from liverseg.stagecli import add_run_options, run_step
+from liverseg.stagekit import StageContext, StageOutput
+from liverseg.store import ObjectRef
+
+STEP = STEPS["infer"]
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Study:
+    """A study to segment: its volume (HU), and for a DICOM study its ordered slices and the files skipped."""
+
+    image: Volume
+    slices: list[dicom_read.SliceHeader] | None = None
+    skipped: list[dicom_read.Skipped] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path) -> Study:
+        """A DICOM series folder or a NIfTI file."""
+        if path.is_dir():
+            image, report, ordered = dicom_read.series_to_volume(dicom_read.series_files(path))
+            return cls(image, ordered, report.skipped)
+        return cls(nifti.load(path, kind="image"))
+
+
+def score(mask: np.ndarray, label: Volume, image: Volume) -> dict[str, float]:
+    """Hard foreground Dice and HD95 (mm) against liver = label ≥ 1, on the study's grid."""
+    if not same_grid(label.affine, image.affine, label.array.shape, image.array.shape, tol_mm=1e-2):
+        raise InputError("label grid differs from the image grid")
+    truth = label.array >= 1
+    return {"dice": round(metrics.dice(mask, truth), 5),
+            "hd95_mm": round(metrics.hd95(mask, truth, image.spacing), 3),
+            "liver_ml": liver_ml(mask, image)}
+
+
+def segment_study(model: LoadedModel, model_sha256: str, study: Study, out: Path,
+                  label: Volume | None = None) -> dict[str, Any]:
+    """Segment ``study`` and write into ``out``: ``mask.nii.gz`` (uint8 on the study's own grid), the three
+    overlays and, for a DICOM study, ``seg.dcm`` (a DICOM SEG referencing its slices; its UIDs derive from the
+    series, the model's content and the code version, so a re-run writes the same object). With ``label`` the
+    figures include Dice and HD95. Returns the figures and the files written (relative names)."""
+    started = time.perf_counter()
+    result = model.segment(study.image, label)
+    seconds = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    nifti.save_fast(out / "mask.nii.gz", Volume(result.mask, study.image.affine))
+    files = ["mask.nii.gz"]
+    if study.slices is not None:
+        from liverseg.imaging import seg  # highdicom: only for DICOM studies
+
+        namespace = f"segment|{study.slices[0].series_uid}|{model_sha256}|{code_version()}"
+        seg.label_to_seg(result.mask, [h.ds for h in study.slices], namespace,
+                         algorithm=f"liverseg {model_sha256[:12]}").save_as(out / "seg.dcm", enforce_file_format=True)
+        files.append("seg.dcm")
+    for view, png in overlay_pngs(study.image, result.mask).items():
+        (out / f"overlay_{view}.png").write_bytes(png)
+        files.append(f"overlay_{view}.png")
+    figures: dict[str, Any] = {"seconds": round(seconds, 2), "shape": list(result.mask.shape),
+                               "liver_ml": liver_ml(result.mask, study.image)}
+    if label is not None:
+        figures.update(score(result.mask, label, study.image))
+        figures["seed_style_dice"] = round(result.seed_style_dice, 5)
+    if study.skipped:
+        figures["skipped_files"] = [s.as_dict() for s in study.skipped]
+    return {"figures": figures, "files": files}
+
+
+def study_name(key: str) -> str:
+    """A study's id from its key: ``…/liver_7.nii.gz`` -> ``liver_7``; DICOM prefix ``…/patient7/`` -> ``patient7``."""
+    last = key.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".nii.gz", ".nii"):
+        last = last.removesuffix(suffix)
+    return layout.check_id("study", last)
+
+
+def is_nifti(key: str) -> bool:
+    return key.endswith((".nii.gz", ".nii"))
+
+
+class InferStage:
+    """Pipeline mode (``studies`` None): the plan's held-out cases with this run's trained model, scored
+    against their labels. Study mode: any NIfTI objects or DICOM series prefixes, with ``model_key``."""
+
+    def __init__(self, device: str | None = None, model_key: str | None = None,
+                 studies: dict[str, str] | None = None):
+        self.device = pick_device(device)
+        self.model_key, self.studies = model_key, studies
+        self._model: tuple[str, LoadedModel] | None = None
+
+    def model(self, ctx: StageContext, ref: ObjectRef) -> LoadedModel:
+        identity = ref.key + (ref.sha256 or ref.etag)
+        if self._model is None or self._model[0] != identity:
+            self._model = (identity, LoadedModel.from_bytes(ctx.store.get_bytes(ref.key), self.device, ref.key))
+        return self._model[1]
+
+    def _model_ref(self, ctx: StageContext) -> ObjectRef:
+        if self.model_key:
+            key = Registry(ctx.store).resolve(self.model_key)
+            ref = ctx.store.stat(key)
+            if ref is None:
+                raise StageError(f"model {key} is not in the store")
+            return ref
+        return ctx.read(MODEL)[MODEL.key(ctx.run_id)]
+
+    def inputs(self, ctx: StageContext, case: str) -> dict[str, ObjectRef]:
+        refs = {"model": self._model_ref(ctx)}
+        if self.studies is None:
+            return {**refs, **ctx.sources(case)}
+        key = self.studies[case]
+        if is_nifti(key):
+            ref = ctx.store.stat(key)
+            if ref is None:
+                raise InputError(f"study object {key} is missing from the store")
+            return {**refs, "image": ref}
+        files = ctx.store.list(key.rstrip("/") + "/")
+        if not files:
+            raise InputError(f"no objects under study prefix {key}")
+        return {**refs, **{f"dicom:{f.key}": f for f in files}}
+
+    def params(self, ctx: StageContext) -> dict[str, Any]:
+        # Study mode has no plan: the model's own profile decides inference (and its hash is an input).
+        return ctx.config.infer.model_dump(mode="json") if self.studies is None else {}
+
+    @staticmethod
+    def _download(ctx: StageContext, inputs: dict[str, ObjectRef], work: Path) -> Path:
+        """The study as local files: a NIfTI file, or a folder of the DICOM study's objects under their own names
+        (relative to the study prefix: errors name the file a person uploaded)."""
+        if "image" in inputs:
+            return ctx.store.get_file(inputs["image"].key, work / "image.nii.gz")
+        keys = [r.key for k, r in inputs.items() if k.startswith("dicom:")]
+        prefix = os.path.commonpath(keys) if len(keys) > 1 else keys[0].rsplit("/", 1)[0]
+        ctx.store.get_files({key: work / "dicom" / key[len(prefix):].lstrip("/") for key in keys})
+        return work / "dicom"
+
+    def process(self, ctx: StageContext, case: str, inputs: dict[str, ObjectRef], work: Path) -> StageOutput:
+        model = self.model(ctx, inputs["model"])
+        study = Study.read(self._download(ctx, inputs, work / "in"))
+        if study.skipped:
+            log.warning("files skipped", extra={"skipped": dicom_read.skipped_line(study.skipped)})
+        label = None
+        if "label" in inputs:
+            label = nifti.load(ctx.store.get_file(inputs["label"].key, work / "label.nii.gz"), kind="label")
+        done = segment_study(model, inputs["model"].sha256 or inputs["model"].etag, study, work / "out", label)
+        ctx.metrics.infer_seconds.observe(done["figures"]["seconds"])
+        refs = ctx.store.upload_dir(work / "out", MASK.prefix(ctx.run_id, case))
+        details = {**done["figures"], "model": inputs["model"].key}
+        log.info("case segmented", extra=details)
+        return StageOutput(refs, details)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_options(parser, STEP)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--model", default=None, metavar="KEY",
+                        help="'champion', a registered version, or a model file key in the store "
+                             "(default: this run's runs/<run-id>/train/model.pt)")
+    parser.add_argument("--study", action="append", default=[], metavar="KEY",
+                        help="segment this study instead of the plan's held-out cases: a NIfTI object "
+                             "(.nii/.nii.gz) or a prefix holding one DICOM series, optionally NAME=KEY "
+                             "(repeatable; needs --model)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.study:
+        return run_step(STEP, args, InferStage(args.device, args.model))
+    if not args.model:
+        raise UsageError("--study needs --model KEY (the model to segment with)")
+    studies = {}
+    for item in args.study:
+        name, sep, key = item.partition("=")
+        studies[name if sep else study_name(item)] = key if sep else item
+    return run_step(STEP, args, InferStage(args.device, args.model, studies), cases=list(studies),
+                    needs_plan=False)

@@ -1,1 +1,0 @@
-"""preprocess stage: MONAI transforms from NIfTI groups/volumes to network-ready arrays."""
