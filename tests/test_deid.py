@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from dicom_helpers import nifti_to_dicom
 from liverseg.data.synth import GridSpec, make_phantom
-from liverseg.imaging import dicom_read
+from liverseg.imaging import dicom_read, dicom_volume
 from liverseg.imaging.deid import Deidentifier
 from liverseg.imaging.geometry import Volume
 
@@ -60,8 +60,8 @@ def test_identifiers_removed_and_mapping_consistent(study, tmp_path):
     assert all(not any(e.tag.is_private for e in ds) for ds in datasets)
 
     # The images are untouched and the SEG still lands on its CT: its references were remapped like the CT's UIDs.
-    original = dicom_read.series_to_volume(sorted((study / "ct").glob("*.dcm")))[0]
-    anonymised, _, ordered = dicom_read.series_to_volume(sorted((tmp_path / "out" / "ct").glob("*.dcm")))
+    original = dicom_volume.series_to_volume(sorted((study / "ct").glob("*.dcm")))[0]
+    anonymised, _, ordered = dicom_volume.series_to_volume(sorted((tmp_path / "out" / "ct").glob("*.dcm")))
     np.testing.assert_array_equal(original.array, anonymised.array)
     np.testing.assert_allclose(original.affine, anonymised.affine)
     seg = hd.seg.segread(tmp_path / "out" / "seg.dcm")

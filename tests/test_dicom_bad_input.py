@@ -16,7 +16,7 @@ from pydicom.uid import JPEG2000Lossless
 
 from dicom_helpers import assert_one_line_error, liverseg, rewrite, tcia_files
 from liverseg.errors import InputError
-from liverseg.imaging import dicom_read, dicom_write, seg
+from liverseg.imaging import dicom_read, dicom_volume, dicom_write, seg
 from liverseg.imaging.geometry import Volume
 
 
@@ -33,7 +33,7 @@ def check(folder, *needles: str, file: str | None = None) -> None:
     assert line.startswith("liverseg dicom to-nifti: ")
     assert not out.exists()  # nothing half-written
     with pytest.raises(InputError) as caught:
-        dicom_read.series_to_volume(dicom_read.series_files(folder))
+        dicom_volume.series_to_volume(dicom_read.series_files(folder))
     for needle in needles:
         assert needle in str(caught.value)
     if file is not None:
@@ -42,7 +42,7 @@ def check(folder, *needles: str, file: str | None = None) -> None:
 
 def test_non_dicom_file_beside_the_series_is_skipped_and_named(six):
     (six[0].parent / "notes.txt").write_text("scanned on Tuesday\n")
-    volume, report, _ = dicom_read.series_to_volume(dicom_read.series_files(six[0].parent))
+    volume, report, _ = dicom_volume.series_to_volume(dicom_read.series_files(six[0].parent))
     assert volume.array.shape[2] == 6
     assert report.skipped == [dicom_read.Skipped("notes.txt", "not a DICOM file")]
 

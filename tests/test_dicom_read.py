@@ -18,7 +18,7 @@ from pydicom.uid import (
 
 from dicom_helpers import dcmqi_dir, dcmtk, rewrite, tcia_files
 from liverseg.errors import InputError
-from liverseg.imaging import dicom_pixels, dicom_read, dicom_scan, dicom_write, nifti1
+from liverseg.imaging import dicom_pixels, dicom_read, dicom_scan, dicom_volume, dicom_write, nifti1
 from liverseg.imaging.geometry import Volume
 
 
@@ -27,7 +27,7 @@ def four_slices(tmp_path_factory):
     """Four real TCIA slices (uncompressed implicit VR), copied, and their volume as read."""
     out = tmp_path_factory.mktemp("four")
     files = rewrite(tcia_files()[60:64], out)
-    volume, _, _ = dicom_read.series_to_volume(files)
+    volume, _, _ = dicom_volume.series_to_volume(files)
     return files, volume
 
 
@@ -69,7 +69,7 @@ def test_compressed_series_decode_to_the_same_hu(syntax, four_slices, tmp_path):
     files, expected = four_slices
     out = rewrite(files, tmp_path / "c", edit=lambda ds, i: ds.compress(syntax))
     assert pydicom.dcmread(out[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
-    volume, _, ordered = dicom_read.series_to_volume(out)
+    volume, _, ordered = dicom_volume.series_to_volume(out)
     assert all(h.pixel_offset is None for h in ordered)  # decoded by pydicom + pylibjpeg
     np.testing.assert_array_equal(volume.array, expected.array)
     np.testing.assert_array_equal(volume.affine, expected.affine)
@@ -87,7 +87,7 @@ def test_dcmtk_encodings_decode_to_the_same_hu(tool, flag, syntax, four_slices, 
         dcmtk(tool, flag, str(f), str(tmp_path / "c" / f.name))
     out = sorted((tmp_path / "c").glob("*.dcm"))
     assert str(pydicom.dcmread(out[0], stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
-    volume, _, _ = dicom_read.series_to_volume(out)
+    volume, _, _ = dicom_volume.series_to_volume(out)
     np.testing.assert_array_equal(volume.array, expected.array)
     np.testing.assert_array_equal(volume.affine, expected.affine)
 
@@ -97,7 +97,7 @@ def test_monochrome1_does_not_change_hu(four_slices, tmp_path):
     files, expected = four_slices
     out = rewrite(files, tmp_path / "m1", edit=lambda ds, i: setattr(ds, "PhotometricInterpretation",
                                                                      "MONOCHROME1"))
-    volume, _, ordered = dicom_read.series_to_volume(out)
+    volume, _, ordered = dicom_volume.series_to_volume(out)
     assert ordered[0].photometric == "MONOCHROME1"
     np.testing.assert_array_equal(volume.array, expected.array)
 
@@ -134,7 +134,7 @@ def test_empty_uids_in_the_data_set_fall_back_to_file_meta_and_geometry(four_sli
         assert h.series_key[0] == "geometry"
     tilted = dataclasses.replace(headers[0], orientation=tuple(-1e-7 if v == 0 else v for v in h.orientation))
     assert tilted.series_key == headers[0].series_key  # -0.0000 and 0.0000 are one orientation
-    volume, _, _ = dicom_read.series_to_volume(out)
+    volume, _, _ = dicom_volume.series_to_volume(out)
     np.testing.assert_array_equal(volume.array, expected.array)
 
 
@@ -158,7 +158,7 @@ def test_series_without_uids_are_split_by_frame_of_reference_and_geometry(four_s
 
 def test_overlapping_slices_use_their_spacing_and_are_noted():
     """dcmqi's GE slices: 1.25 mm thick, 1.0 mm apart. The grid uses the spacing; the overlap is a note."""
-    volume, report, _ = dicom_read.series_to_volume(sorted((dcmqi_dir() / "dicom").glob("*.dcm")))
+    volume, report, _ = dicom_volume.series_to_volume(sorted((dcmqi_dir() / "dicom").glob("*.dcm")))
     assert report.slice_spacing == pytest.approx(1.0, abs=1e-6)
     assert report.slice_thickness == 1.25
     assert any("overlapping slices" in n for n in report.notes)
@@ -172,7 +172,7 @@ def test_unused_high_bits_are_masked_and_signed_values_sign_extended(four_slices
         ds.PixelData = (np.frombuffer(ds.PixelData, "<u2") | np.uint16(0xF000)).tobytes()
 
     out = rewrite(files, tmp_path / "hb", edit=garbage_high_bits)
-    volume, _, _ = dicom_read.series_to_volume(out)
+    volume, _, _ = dicom_volume.series_to_volume(out)
     np.testing.assert_array_equal(volume.array, expected.array)
 
     def signed_12_bit(ds, i):  # the same HU as signed 12-bit two's complement, intercept 0, bits 12-15 garbage
@@ -182,7 +182,7 @@ def test_unused_high_bits_are_masked_and_signed_values_sign_extended(four_slices
         ds.PixelData = stored.astype("<u2").tobytes()
 
     out = rewrite(files, tmp_path / "s12", edit=signed_12_bit)
-    volume, _, _ = dicom_read.series_to_volume(out)
+    volume, _, _ = dicom_volume.series_to_volume(out)
     clipped = np.where(expected.array > 2047, expected.array - 4096, expected.array)  # 12-bit range
     np.testing.assert_array_equal(volume.array, clipped)
 
@@ -194,13 +194,13 @@ def test_per_slice_rescale_and_fractional_slope(four_slices, tmp_path):
         ds.RescaleIntercept = -1000 - 10 * i
         ds.PixelData = (np.frombuffer(ds.PixelData, "<u2") + np.uint16(10 * i)).tobytes()
 
-    volume, _, _ = dicom_read.series_to_volume(rewrite(files, tmp_path / "ic", edit=shift))
+    volume, _, _ = dicom_volume.series_to_volume(rewrite(files, tmp_path / "ic", edit=shift))
     np.testing.assert_array_equal(volume.array, expected.array)
 
     def halve(ds, i):
         ds.RescaleSlope = "0.5"
 
-    volume, _, _ = dicom_read.series_to_volume(rewrite(files, tmp_path / "sl", edit=halve))
+    volume, _, _ = dicom_volume.series_to_volume(rewrite(files, tmp_path / "sl", edit=halve))
     assert volume.array.dtype == np.float32
     np.testing.assert_array_equal(volume.array, (expected.array.astype(np.float32) + 1000) * 0.5 - 1000)
 
@@ -213,7 +213,7 @@ def test_long_private_header_is_read_in_full(four_slices, tmp_path):
 
     out = rewrite(files, tmp_path / "big", edit=big_private)
     assert out[0].stat().st_size > dicom_read.HEAD_BYTES + 512 * 512 * 2
-    volume, _, ordered = dicom_read.series_to_volume(out)
+    volume, _, ordered = dicom_volume.series_to_volume(out)
     assert ordered[0].pixel_offset > dicom_read.HEAD_BYTES
     np.testing.assert_array_equal(volume.array, expected.array)
 
@@ -252,7 +252,7 @@ def test_a_head_ending_right_before_the_pixel_data_is_read_on(tmp_path):
     path.write_bytes(body + creator + private + pixel_head + bytes(pixels))
     h = dicom_read.read_header(path)
     assert h.pixel_offset == dicom_read.HEAD_BYTES + 12
-    np.testing.assert_array_equal(dicom_read.stack_to_volume([h]).array[:, :, 0], volume.array[:, :, 0])
+    np.testing.assert_array_equal(dicom_volume.stack_to_volume([h]).array[:, :, 0], volume.array[:, :, 0])
 
 
 # -- DICOM -> NIfTI file: the byte copy (no numpy) and the decoding path write the same voxels ----------------
@@ -270,7 +270,7 @@ def nifti_both_ways(files, out_dir, monkeypatch) -> tuple[bytes, bytes, bool]:
         return DECODE_TO_NIFTI(*args)
 
     monkeypatch.setattr(dicom_pixels, "write_nifti", record)
-    ours = dicom_read.write_nifti(ordered, out_dir / "ours.nii").read_bytes()
+    ours = dicom_volume.write_nifti(ordered, out_dir / "ours.nii").read_bytes()
     reference = DECODE_TO_NIFTI(ordered, out_dir / "decoded.nii", dicom_read.stored_form(ordered)).read_bytes()
     return ours, reference, not decoded
 
@@ -342,7 +342,7 @@ def test_a_slice_cut_short_while_copying_is_an_error_naming_it(four_slices, tmp_
     threads = threading.active_count()
     ordered[2].path.write_bytes(ordered[2].path.read_bytes()[:-1000])  # after its header was read
     with pytest.raises(InputError, match="pixel data is cut short") as caught:
-        dicom_read.write_nifti(ordered, tmp_path / "x.nii")
+        dicom_volume.write_nifti(ordered, tmp_path / "x.nii")
     assert caught.value.file == ordered[2].path.name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut"]  # nothing half-written, no temporary left
     assert threading.active_count() == threads  # the read-ahead thread is gone
@@ -359,6 +359,6 @@ def test_a_write_failing_half_way_ends_the_read_ahead_thread(four_slices, tmp_pa
 
     monkeypatch.setattr(nifti1, "write", disk_full)
     with pytest.raises(OSError, match="No space left") as caught:
-        dicom_read.write_nifti(ordered, tmp_path / "x.nii")
+        dicom_volume.write_nifti(ordered, tmp_path / "x.nii")
     assert threading.active_count() == threads  # not only once the traceback (held here) lets the slices go
     assert caught.value.errno == 28

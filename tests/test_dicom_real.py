@@ -23,7 +23,7 @@ from helpers import assert_same_volume
 from liverseg.commands import dicom as dicomtools
 from liverseg.config import GroupConfig
 from liverseg.errors import InputError
-from liverseg.imaging import dicom_read, nifti, seg
+from liverseg.imaging import dicom_read, dicom_volume, nifti, seg
 from liverseg.imaging.geometry import Volume
 from liverseg.stages.group import group_series
 
@@ -120,7 +120,7 @@ def test_tcia_nifti_to_dicom_to_nifti_is_lossless_and_valid(tcia):
     written = dicomtools.from_nifti(image_path, tmp / "round_dicom")
     files = sorted((written.out / "ct").glob("*.dcm"))
     assert len(files) == 134
-    back, report, _ = dicom_read.series_to_volume(files)
+    back, report, _ = dicom_volume.series_to_volume(files)
     assert_same_volume(nifti.load(image_path), back)
     assert report.problems == []
     assert_valid_dicom([files[0], files[67], files[-1]])

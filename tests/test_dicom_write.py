@@ -13,7 +13,7 @@ import pytest
 from dicom_helpers import LPS_FROM_RAS, assert_valid_dicom, nifti_to_dicom
 from helpers import assert_same_volume, in_grid_of
 from liverseg.errors import InputError
-from liverseg.imaging import dicom_read, dicom_write, nifti, nifti1
+from liverseg.imaging import dicom_volume, dicom_write, nifti, nifti1
 from liverseg.imaging.geometry import Volume
 
 INFO = dicom_write.SeriesInfo(patient_id="case_w", uid_namespace="ns-write")
@@ -113,7 +113,7 @@ def test_fractional_hu_survive_a_file_round_trip(tmp_path):
     paths = dicom_write.encode_series(image, INFO).write(tmp_path)
     ds = pydicom.dcmread(paths[0])
     assert ds.PixelRepresentation == 0 and float(ds.RescaleSlope) < 1
-    volume, _, _ = dicom_read.series_to_volume(paths)
+    volume, _, _ = dicom_volume.series_to_volume(paths)
     assert volume.array.dtype == np.float32
     np.testing.assert_allclose(volume.array, hu, atol=float(ds.RescaleSlope) / 2 + 1e-3)
     assert_valid_dicom(paths[:1])
@@ -125,7 +125,7 @@ def test_geometry_is_exact_for_any_orientation(orientation, tmp_path):
     affine = affine_of(ORIENTATIONS[orientation], (0.7, 0.82, 2.5), (-101.25, 37.5, -412.0))
     image = Volume(ramp(), affine)
     paths = dicom_write.encode_series(image, INFO).write(tmp_path)
-    volume, report, _ = dicom_read.series_to_volume(paths)
+    volume, report, _ = dicom_volume.series_to_volume(paths)
     assert_same_volume(image, volume)  # every voxel at the same place, world space
     lps = LPS_FROM_RAS @ affine
     for k, path in enumerate(paths):
@@ -256,7 +256,7 @@ def test_stored_values_keep_their_scaling_as_the_rescale(dtype, scaling, signed,
     ds = pydicom.dcmread(paths[0])
     assert (float(ds.RescaleSlope), float(ds.RescaleIntercept), ds.PixelRepresentation) == (*scaling, signed)
     np.testing.assert_array_equal(ds.pixel_array, raw[:, :, 0].T)
-    volume, _, _ = dicom_read.series_to_volume(paths)
+    volume, _, _ = dicom_volume.series_to_volume(paths)
     assert_same_volume(nifti.load_fast(path), volume)
     assert_valid_dicom(paths[:1])
 
@@ -268,6 +268,6 @@ def test_scaling_ds_cannot_hold_and_other_types_go_through_choose_rescale(tmp_pa
     for path in (inexact, floats):
         stored, decoded = encoded(path)
         assert stored is None  # choose_rescale: uint16 spread over the range, |error| <= slope / 2
-        back = dicom_read.series_to_volume(decoded.write(tmp_path / path.stem))[0]
+        back = dicom_volume.series_to_volume(decoded.write(tmp_path / path.stem))[0]
         slope = float(pydicom.dcmread(tmp_path / path.stem / "0001.dcm").RescaleSlope)
         np.testing.assert_allclose(in_grid_of(nifti.load_fast(path), back), back.array, atol=slope / 2 + 1e-3)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from dicom_helpers import nifti_to_dicom
 from liverseg.data.msd import DatasetError, scan
 from liverseg.errors import InputError
-from liverseg.imaging import dicom_read, nifti
+from liverseg.imaging import dicom_read, dicom_volume, nifti
 from liverseg.imaging.geometry import Volume
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -61,7 +61,7 @@ def test_dicom_reader_fails_cleanly(seeds, tmp_path_factory, changes, cut):
     path.write_bytes(damaged(seeds["dicom"], changes, cut))
     try:
         header = dicom_read.read_header(path)
-        volume = dicom_read.stack_to_volume([header])
+        volume = dicom_volume.stack_to_volume([header])
     except InputError:
         return
     assert volume.array.ndim == 3

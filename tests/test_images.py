@@ -45,8 +45,9 @@ TINY_TRAINING = ["train.epochs=2", "train.val_interval=1", "train.patch=[48,48,3
 RUN = "ctr-e2e"
 STUDY_RUN = "ctr-study"
 WORKFLOW_NAME = "liverseg-pipeline-x7k2p"
-# The restrictions of the workflow pods (workflows/liverseg_workflows/pods.py), as podman flags. --read-only-tmpfs=false: podman
-# would otherwise also make /var/tmp and /run writable; a pod has only its /tmp emptyDir.
+# The restrictions of the workflow pods (workflows/liverseg_workflows/pods.py), as podman flags.
+# --read-only-tmpfs=false: podman would otherwise also make /var/tmp and /run writable; a pod has only its /tmp
+# emptyDir.
 POD_FLAGS = ["--rm", "--pull=never", "--network=host", "--read-only", "--read-only-tmpfs=false",
              "--tmpfs", "/tmp:rw,mode=1777", "--user", "10001:10001", "--cap-drop", "ALL",
              "--security-opt", "no-new-privileges"]

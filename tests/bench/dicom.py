@@ -120,9 +120,9 @@ def _in_process(series: Path, nii: Path, work: Path, runs: int) -> dict[str, flo
 
 def _hu_inputs(series: Path, work: Path) -> tuple[Path, Path]:
     """The NIfTI → DICOM inputs: the series in HU as int16 without scaling, .nii and .nii.gz."""
-    from liverseg.imaging import dicom_read, nifti
+    from liverseg.imaging import dicom_read, dicom_volume, nifti
 
-    volume = dicom_read.series_to_volume(dicom_read.series_files(series))[0]
+    volume = dicom_volume.series_to_volume(dicom_read.series_files(series))[0]
     return nifti.save_fast(work / "input.nii", volume), nifti.save_fast(work / "input.nii.gz", volume)
 
 

@@ -61,8 +61,8 @@ class ToNiftiResult:
 def to_nifti(series_dir: Path, out: Path, *, overwrite: bool = False) -> ToNiftiResult:
     """The one CT series in ``series_dir`` as a NIfTI volume ordered along the slice normal, qform and sform set:
     the stored values with the series' rescale as scl_slope/scl_inter when the slices share one (as dcm2niix
-    writes), else HU (see ``dicom_read.write_nifti``)."""
-    from liverseg.imaging import dicom_read, geometry
+    writes), else HU (see ``dicom_volume.write_nifti``)."""
+    from liverseg.imaging import dicom_read, dicom_volume, geometry
 
     out = Path(out)
     if not out.name.endswith((".nii", ".nii.gz")):
@@ -75,7 +75,7 @@ def to_nifti(series_dir: Path, out: Path, *, overwrite: bool = False) -> ToNifti
                            tuple(round(s, 6) for s in spacing), len(ordered), report.notes, report.skipped)
     if out.exists() and not overwrite:
         # Compare with what we would write: identical is a no-op, anything else is refused.
-        fresh = dicom_read.write_nifti(ordered, out.with_name(f".new-{os.getpid()}-{out.name}"))  # same suffix
+        fresh = dicom_volume.write_nifti(ordered, out.with_name(f".new-{os.getpid()}-{out.name}"))  # same suffix
         try:
             if not same_bytes(fresh, out):
                 raise OutputExists(f"{out} exists with other content; not overwritten (remove it, or --force)")
@@ -83,7 +83,7 @@ def to_nifti(series_dir: Path, out: Path, *, overwrite: bool = False) -> ToNifti
             fresh.unlink()
         result.unchanged = True
         return result
-    dicom_read.write_nifti(ordered, out)
+    dicom_volume.write_nifti(ordered, out)
     return result
 
 

@@ -1,7 +1,7 @@
 """DICOM slices → numpy arrays: the decoding half of ``dicom_read`` (which itself never imports numpy).
 
 Used for every volume held in memory (the group stage, inference on DICOM, ``liverseg dicom group``) and, by
-``dicom_read.write_nifti``, for stacks whose bytes cannot be copied as they are: compressed transfer syntaxes
+``dicom_volume.write_nifti``, for stacks whose bytes cannot be copied as they are: compressed transfer syntaxes
 (JPEG 2000, JPEG-LS, JPEG lossless, RLE) and data sets the scanner leaves alone (Deflated, Big Endian, no preamble)
 go through pydicom and its pylibjpeg handlers; native slices are read straight into the array's memory (one
 ``readinto`` per slice, in threads); unused high bits are masked and signed values sign-extended (PS3.5 §8.1.1);
@@ -144,7 +144,7 @@ def stack_to_volume(ordered: Sequence[SliceHeader]) -> Volume:
 
 
 def write_nifti(ordered: Sequence[SliceHeader], path: Path, form: StoredForm | None) -> Path:
-    """``dicom_read.write_nifti`` for stacks that must be decoded: the stored values (masked, sign-extended) with
+    """``dicom_volume.write_nifti`` for stacks that must be decoded: the stored values (masked, sign-extended) with
     ``form``'s rescale when the slices share one, else HU. The same voxels the byte copy gives when both can."""
     if form is None:
         return save_fast(path, stack_to_volume(ordered))

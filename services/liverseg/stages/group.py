@@ -20,7 +20,7 @@ from typing import Any
 from liverseg.config import GroupConfig
 from liverseg.errors import InputError
 from liverseg.graph import CT, GROUPS, SEG, STEPS
-from liverseg.imaging import dicom_read, nifti
+from liverseg.imaging import dicom_read, dicom_volume, nifti
 from liverseg.imaging.geometry import Volume
 from liverseg.imaging.grouping import SliceGroup, dropped_slices, plan_groups, slab
 from liverseg.stagecli import add_run_options, run_step
@@ -65,7 +65,7 @@ def group_headers(headers: Sequence[dicom_read.SliceHeader], seg_file: Path | No
     if report.problems:
         raise InputError("; ".join(report.problems))
     groups = plan_groups(len(ordered), cfg.size, cfg.remainder)
-    volume = dicom_read.stack_to_volume(ordered)
+    volume = dicom_volume.stack_to_volume(ordered)
     label = None
     if seg_file is not None:
         import pydicom

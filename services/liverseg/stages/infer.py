@@ -25,7 +25,7 @@ import numpy as np
 from liverseg import layout
 from liverseg.errors import InputError, StageError, UsageError
 from liverseg.graph import MASK, MODEL, STEPS
-from liverseg.imaging import dicom_read, nifti
+from liverseg.imaging import dicom_read, dicom_volume, nifti
 from liverseg.imaging.geometry import Volume, same_grid
 from liverseg.ml import metrics
 from liverseg.ml.model import pick_device
@@ -53,7 +53,7 @@ class Study:
     def read(cls, path: Path) -> Study:
         """A DICOM series folder or a NIfTI file."""
         if path.is_dir():
-            image, report, ordered = dicom_read.series_to_volume(dicom_read.series_files(path))
+            image, report, ordered = dicom_volume.series_to_volume(dicom_read.series_files(path))
             return cls(image, ordered, report.skipped)
         return cls(nifti.load(path, kind="image"))
 
