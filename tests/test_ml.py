@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import monai_reference
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ from liverseg.errors import InputError
 from liverseg.graph import STEPS
 from liverseg.imaging import nifti
 from liverseg.imaging.geometry import Volume
-from liverseg.ml import metrics
+from liverseg.ml import metrics, transforms
 from liverseg.ml.inference import largest_component, segment
 from liverseg.ml.model import build_unet
 from liverseg.ml.training import Sample, Trainer, TrainState
@@ -151,8 +152,7 @@ def test_inference_returns_a_mask_on_the_original_grid(profile_name):
     torch.manual_seed(0)
     result = segment(build_unet(), image, profile, torch.device("cpu"))
     assert result.mask.shape == image.array.shape and result.mask.dtype == np.uint8
-    assert result.probability.shape == image.array.shape
-    assert result.probability.min() >= 0.0 and result.probability.max() <= 1.0
+    assert set(np.unique(result.mask)) <= {0, 1}
 
 
 def test_inference_refuses_a_scan_without_a_body_and_skips_air_groups():
@@ -164,7 +164,84 @@ def test_inference_refuses_a_scan_without_a_body_and_skips_air_groups():
     padded = np.concatenate([np.full((48, 40, 64), -1000, np.int16), image.array], axis=2)
     torch.manual_seed(0)
     result = segment(build_unet(), Volume(padded, image.affine), load_profile("seed", environ={}), torch.device("cpu"))
-    assert result.mask.shape == padded.shape and not result.probability[:, :, :64].any()
+    assert result.mask.shape == padded.shape and not result.mask[:, :, :64].any()
+
+
+# -- the same arrays as the plain MONAI pipeline (tests/monai_reference.py), computed in slabs -----------------
+GEOMETRIES = [((False, False, False), 0.0), ((True, True, False), 0.0), ((True, False, True), 0.0),
+              ((False, True, True), 17.0)]
+
+
+def rotated(degrees: float) -> np.ndarray:
+    t = np.radians(degrees)
+    r = np.eye(4)
+    r[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    return r
+
+
+def study(flips, degrees, shape=(96, 96, 150), spacing=(0.9, 0.9, 2.0), seed=2):
+    p = make_phantom(np.random.default_rng(seed), GridSpec(shape, spacing, flips))
+    affine = rotated(degrees) @ p.affine
+    return Volume(p.image, affine), Volume(p.label, affine)
+
+
+@pytest.mark.parametrize("profile_name", ["default", "seed"])
+@pytest.mark.parametrize(("flips", "degrees"), GEOMETRIES)
+def test_preprocessing_gives_the_plain_monai_pipelines_arrays_to_the_bit(profile_name, flips, degrees,
+                                                                          monkeypatch):
+    """Slabs of a few slices each (forced small here) and numpy views instead of whole-volume float copies:
+    the training arrays are the plain pipeline's, bit for bit, for any orientation."""
+    monkeypatch.setattr(transforms, "SLAB_VOXELS", 96 * 96 * 7)
+    image, label = study(flips, degrees)
+    cfg = load_profile(profile_name, environ={}).preprocess
+    ours, theirs = transforms.preprocess_pair(image, label, cfg), monai_reference.preprocess_pair(image, label, cfg)
+    assert ours[0].shape == theirs[0].shape
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_array_equal(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize(("flips", "degrees"), GEOMETRIES)
+def test_the_way_back_is_the_plain_pipelines_inverse_within_1e6(flips, degrees, monkeypatch):
+    """The probability mapped back onto the study's grid in slabs against MONAI's own ``inverse`` of the whole
+    pipeline; and the masks that ``segment`` and the plain pipeline make of it are the same voxels."""
+    monkeypatch.setattr(transforms, "SLAB_VOXELS", 96 * 96 * 9)
+    image, _ = study(flips, degrees)
+    profile = load_profile("default", environ={})
+    torch.manual_seed(3)
+    model = build_unet().eval()
+    trainer = Trainer(profile.train, profile.infer, torch.device("cpu"))
+    theirs = monai_reference.probability(lambda x: trainer.predict_logits(model, x), image, profile)
+    network = transforms.to_network(image, profile.preprocess)
+    logits = trainer.predict_logits(model, network.image.as_tensor())
+    ours = transforms.to_original_grid(torch.softmax(logits[0], 0)[1:2], network, image, threshold=None)
+    assert ours.shape == image.array.shape
+    assert np.abs(ours - theirs).max() <= 1e-6
+    mask = segment(model, image, profile.model_copy(update={"infer": profile.infer.model_copy(
+        update={"largest_component": False})}), torch.device("cpu")).mask
+    np.testing.assert_array_equal(mask, (theirs > profile.infer.threshold).astype(np.uint8))
+
+
+def test_a_large_label_in_slabs_differs_from_the_whole_volume_only_at_exact_half_voxel_ties(monkeypatch):
+    """Nearest-neighbour resampling of a label too large to resample whole: where slab and whole volume disagree,
+    the sample sits exactly half-way between two source slices (0.8 mm slices to 2 mm: one in four lies so)."""
+    monkeypatch.setattr(transforms, "WHOLE_NEAREST_VOXELS", 0)
+    monkeypatch.setattr(transforms, "SLAB_VOXELS", 40 * 40 * 5)
+    label = np.zeros((100, 100, 300), np.uint8)
+    x, y, z = np.ogrid[:100, :100, :300]
+    label[((x - 50) / 30.0) ** 2 + ((y - 45) / 25.0) ** 2 + ((z - 150) / 100.0) ** 2 < 1] = 1
+    affine = np.diag([-1.0, -1.0, 0.8, 1.0])
+    affine[:3, 3] = [50.0, 40.0, -100.0]
+    image = Volume(np.where(label > 0, 60, -100).astype(np.int16), affine)
+    cfg = load_profile("default", environ={}).preprocess.model_copy(update={"crop_margin": 1000})  # no crop
+    ours = transforms.preprocess_pair(image, Volume(label, affine), cfg)[1][0]
+    theirs = monai_reference.preprocess_pair(image, Volume(label, affine), cfg)[1][0]
+    differ = np.argwhere(ours != theirs)
+    assert 0 < len(differ) <= 0.01 * theirs.sum()
+    oriented = transforms.ras_view(Volume(label, affine))
+    grid_affine, _ = transforms.spacing_grid(oriented.affine, oriented.array.shape, cfg.spacing)
+    # the network arrays are the spacing grid cropped to the body, here the whole grid: same voxel indices
+    source = (np.c_[differ, np.ones(len(differ))] @ np.linalg.solve(oriented.affine, grid_affine).T)[:, :3]
+    assert np.all(np.min(np.abs(source % 1 - 0.5), axis=1) < 1e-6)
 
 
 def test_time_budget_stops_after_a_validated_epoch():

@@ -13,11 +13,10 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from liverseg.imaging.geometry import Volume
+from liverseg.imaging.geometry import Volume, ras_view, spacing
 
 VIEWS = ("axial", "coronal", "sagittal")
 DISPLAY_WINDOW = (-160.0, 240.0)  # abdomen window (centre 40, width 400) in HU
@@ -25,8 +24,19 @@ LIVER_RGB = np.array([230, 60, 60], dtype=np.float32)
 
 
 def _canonical(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:
-    img = nib.as_closest_canonical(nib.Nifti1Image(np.asanyarray(volume.array), volume.affine))
-    return np.asanyarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
+    """The array in RAS order as a view (nothing copied: a study can be large) and its voxel size per RAS axis."""
+    array, xform = ras_view(volume)
+    return array, spacing(np.asarray(volume.affine, dtype=np.float64) @ xform)
+
+
+def _centre(mask: np.ndarray) -> np.ndarray:
+    """The centre of mass of a 0/1 mask (voxel indices), from its three projections (no list of voxels)."""
+    total = float(np.count_nonzero(mask))
+    centre = []
+    for axis in range(3):
+        counts = np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != axis))
+        centre.append(float(np.dot(np.arange(counts.size), counts)) / total)
+    return np.array(centre)
 
 
 def _slice(array: np.ndarray, view: str, index: int) -> np.ndarray:
@@ -48,8 +58,8 @@ def _pixel_size(view: str, zooms: tuple[float, float, float]) -> tuple[float, fl
 def overlay_pngs(image: Volume, mask: np.ndarray, height: int = 320) -> dict[str, bytes]:
     """One PNG per view through the liver's centre of mass (the volume's centre when the mask is empty)."""
     hu, zooms = _canonical(image)
-    liver, _ = _canonical(Volume(mask.astype(np.uint8), image.affine))
-    centre = np.argwhere(liver > 0).mean(axis=0) if liver.any() else (np.array(hu.shape) - 1) / 2
+    liver, _ = _canonical(Volume(mask, image.affine))
+    centre = _centre(liver) if liver.any() else (np.array(hu.shape) - 1) / 2
     index = {"axial": round(centre[2]), "coronal": round(centre[1]), "sagittal": round(centre[0])}
     lo, hi = DISPLAY_WINDOW
     pngs = {}

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING
 
 from liverseg.errors import InputError
 
+# Axis labels of RAS+ (nibabel's axcodes): negative then positive end of each world axis.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -218,3 +221,19 @@ def reindex(source: Volume, target_affine, target_shape, tol_mm: float = 1e-3):
         if sign < 0:
             arr = np.flip(arr, axis=r)
     return arr
+
+
+def ras_view(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """The volume's array in RAS axis order as a numpy view (flips and a transpose: nothing copied), and the 4×4
+    map from RAS voxel indices to the original ones (``Orientationd(axcodes="RAS")``'s reordering; the RAS affine
+    is ``volume.affine @`` that map)."""
+    import nibabel as nib
+    import numpy as np
+
+    ornt = nib.orientations.ornt_transform(nib.io_orientation(np.asarray(volume.affine, dtype=np.float64)),
+                                           nib.orientations.axcodes2ornt("RAS", labels=RAS_LABELS))
+    array = volume.array
+    flips = tuple(axis for axis, flip in enumerate(ornt[:, 1]) if flip == -1)
+    if flips:
+        array = np.flip(array, axis=flips)
+    return array.transpose(np.argsort(ornt[:, 0])), nib.orientations.inv_ornt_aff(ornt, volume.array.shape)

@@ -26,6 +26,7 @@ from liverseg.errors import InputError
 from liverseg.imaging.geometry import Affine, check_grid
 
 HEADER_SIZE = 348
+GUNZIP_CHUNK = 1 << 20  # compressed bytes inflated at a time
 VOX_OFFSET = 352
 # datatype code -> voxel type, numpy's notation without the byte order ("i2" = int16).
 DTYPES: dict[int, str] = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4",
@@ -221,6 +222,33 @@ def map_file(path: Path):
             return fh.read()
 
 
+def gunzip(data) -> bytearray:
+    """A gzip file's content, decompressed into one buffer sized from the trailer's ISIZE (RFC 1952: the length
+    modulo 2**32), so a large volume is held once rather than twice while a growing buffer is copied. Several
+    members (concatenated .gz files) follow one another; zero padding after the last is ignored, as gzip does."""
+    import zlib  # here, not at the top: the .nii paths of the commands start without it
+
+    out = bytearray(int.from_bytes(bytes(data[-4:]), "little"))
+    written = 0
+    rest = memoryview(data)
+    while len(rest) and any(rest[:min(len(rest), 512)]):
+        inflater = zlib.decompressobj(wbits=31)
+        consumed = 0
+        while not inflater.eof:
+            if consumed >= len(rest):
+                raise zlib.error("the gzip stream is cut short")
+            chunk = rest[consumed:consumed + GUNZIP_CHUNK]
+            piece = inflater.decompress(chunk)
+            consumed += len(chunk) - len(inflater.unused_data)
+            if written + len(piece) > len(out):  # ISIZE wrapped (over 4 GiB), or a later member
+                out.extend(bytes(written + len(piece) - len(out)))
+            out[written:written + len(piece)] = piece
+            written += len(piece)
+        rest = rest[consumed:]
+    del out[written:]
+    return out
+
+
 def read(path: Path) -> tuple[Header, memoryview]:
     """The header and the voxel bytes (x fastest, as stored: on-disk type and byte order, unscaled) of a
     .nii/.nii.gz.
@@ -230,9 +258,7 @@ def read(path: Path) -> tuple[Header, memoryview]:
     """
     raw = map_file(path)
     if raw[:2] == b"\x1f\x8b":
-        import gzip  # here, not at the top: the .nii paths of the commands start without it
-
-        raw = gzip.decompress(raw)
+        raw = gunzip(raw)
     header = decode_header(raw)
     needed = header.vox_offset + header.nbytes
     if header.vox_offset < HEADER_SIZE or len(raw) < needed:

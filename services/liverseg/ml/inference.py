@@ -1,11 +1,13 @@
 """Segment a CT volume with a trained model and return the liver mask on the volume's own grid.
 
-The image goes through the same preprocessing as training; the liver probability is mapped back through the
-inverse transforms (resize, crop, spacing, orientation) with linear interpolation and thresholded there, so the
-mask is evaluated at the original geometry, not at the network's.
+The image goes through the same preprocessing as training (``transforms.to_network``); the liver probability is
+mapped back onto the study's own voxels (inverse crop and resize, then bilinear resampling) and thresholded there,
+slab by slab (``transforms.to_original_grid``), so the mask is evaluated at the original geometry, not at the
+network's, and no float copy of the original grid is ever held.
 
 Seed models saw 64-slice groups resized to 128×128×64: the volume is cut into the same groups (the last one
-overlapping, so every slice is covered), each group is segmented whole, and overlapping probabilities are averaged.
+overlapping, so every slice is covered), each group is segmented whole, and a slice covered by two groups is
+liver when either says so at the threshold of their mean (the two probabilities are kept for those slices only).
 """
 
 from __future__ import annotations
@@ -14,61 +16,64 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from scipy import ndimage
 
 from liverseg.config import Profile
 from liverseg.errors import InputError
 from liverseg.imaging.geometry import Volume
-from liverseg.imaging.grouping import plan_groups
+from liverseg.imaging.grouping import plan_groups, slab
 from liverseg.ml.metrics import seed_style_dice
 from liverseg.ml.training import Trainer
-from liverseg.ml.transforms import as_meta, has_body, preprocessing
+from liverseg.ml.transforms import has_body, to_network, to_original_grid
+
+__all__ = ["Segmentation", "largest_component", "segment"]
 
 
 @dataclass
 class Segmentation:
-    """``mask`` uint8 (i, j, k) on the input grid (1 = liver), the liver ``probability`` float32 there, and, when a
-    label was given, the seed's own figure (1 − soft Dice loss with background, in the network's space)."""
+    """``mask`` uint8 (i, j, k) on the input grid (1 = liver), and, when a label was given, the seed's own figure
+    (1 − soft Dice loss with background, in the network's space)."""
 
     mask: np.ndarray
-    probability: np.ndarray
     seed_style_dice: float | None = None
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every non-zero voxel (None when there is none), from the three projections."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected component (the liver is one organ; islands are false positives)."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    """Keep the largest 26-connected component (the liver is one organ; islands are false positives), labelling
+    only the box that holds the mask: the same components, a fraction of the memory on a large study."""
+    box = bounding_box(mask)
+    if box is None:
+        return mask
+    labels, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
     if n <= 1:
         return mask
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-    return labels == (int(np.argmax(sizes)) + 1)
+    sizes = np.bincount(labels.ravel())[1:]
+    kept = np.zeros_like(mask)
+    kept[box] = labels == (int(np.argmax(sizes)) + 1)
+    return kept
 
 
-def _network_pass(trainer: Trainer, model: torch.nn.Module, volume: Volume, profile: Profile,
-                  label: Volume | None) -> tuple[np.ndarray, float | None]:
-    """Liver probability on ``volume``'s grid for one network input (a whole volume or one group), and the
-    seed-style figure against ``label`` when given."""
-    pipeline = preprocessing(profile.preprocess, with_label=label is not None)
-    data = {"image": as_meta(volume)}
-    if label is not None:
-        data["label"] = as_meta(label)
-    data = pipeline(data)
-    image: MetaTensor = data["image"]
-    logits = trainer.predict_logits(model, image.as_tensor())
+def _probability(trainer: Trainer, model: torch.nn.Module, volume: Volume, profile: Profile,
+                 label: Volume | None) -> tuple[torch.Tensor, object, float | None]:
+    """The liver probability (1, X, Y, Z) on the network's grid for one input (a whole volume or one group), the
+    network input it came from, and the seed-style figure against ``label`` when given."""
+    network = to_network(volume, profile.preprocess, label)
+    logits = trainer.predict_logits(model, network.image.as_tensor())
     soft = None
-    if label is not None:
-        soft = seed_style_dice(logits, (data["label"].as_tensor() > 0.5)[None].float())
-    prob = torch.softmax(logits[0], dim=0)[1:2]
-    data["image"] = MetaTensor(prob, meta=image.meta, applied_operations=image.applied_operations)
-    restored = pipeline.inverse(data)["image"]
-    return restored.as_tensor()[0].numpy().astype(np.float32), soft
-
-
-def _slab(volume: Volume, start: int, stop: int) -> Volume:
-    affine = volume.affine.copy()
-    affine[:3, 3] = (volume.affine @ np.array([0, 0, start, 1.0]))[:3]
-    return Volume(volume.array[:, :, start:stop], affine)
+    if network.label is not None:
+        soft = seed_style_dice(logits, (network.label.as_tensor() > 0.5)[None].float())
+    return torch.softmax(logits[0], dim=0)[1:2], network, soft
 
 
 def segment(model: torch.nn.Module, volume: Volume, profile: Profile, device: torch.device,
@@ -77,25 +82,45 @@ def segment(model: torch.nn.Module, volume: Volume, profile: Profile, device: to
         raise InputError(f"no voxel above {profile.preprocess.window[0]:g} HU: an empty scan, or not CT in HU")
     trainer = Trainer(profile.train, profile.infer, device)
     model.eval()
+    threshold = profile.infer.threshold
     if profile.preprocess.unit == "group":
-        size = min(profile.group.size, volume.array.shape[2])
-        prob = np.zeros(volume.array.shape, dtype=np.float32)
-        hits = np.zeros(volume.array.shape[2], dtype=np.float32)
-        softs = []
-        for g in plan_groups(volume.array.shape[2], size, "overlap"):
-            hits[g.start:g.stop] += 1
-            slab = _slab(volume, g.start, g.stop)
-            if not has_body(slab.array, profile.preprocess):
-                continue  # a group of air slices: no body to crop to, and no liver
-            part_label = _slab(label, g.start, g.stop) if label is not None else None
-            part, soft = _network_pass(trainer, model, slab, profile, part_label)
-            prob[:, :, g.start:g.stop] += part
-            softs.append(soft)
-        prob /= hits[None, None, :]
-        soft = float(np.mean(softs)) if label is not None and softs else None
+        mask, soft = _segment_groups(trainer, model, volume, profile, label)
     else:
-        prob, soft = _network_pass(trainer, model, volume, profile, label)
-    mask = prob > profile.infer.threshold
+        prob, network, soft = _probability(trainer, model, volume, profile, label)
+        mask = to_original_grid(prob, network, volume, threshold)
     if profile.infer.largest_component:
         mask = largest_component(mask)
-    return Segmentation(mask=mask.astype(np.uint8), probability=prob, seed_style_dice=soft)
+    return Segmentation(mask=mask.astype(np.uint8, copy=False), seed_style_dice=soft)
+
+
+def _segment_groups(trainer: Trainer, model: torch.nn.Module, volume: Volume, profile: Profile,
+                    label: Volume | None) -> tuple[np.ndarray, float | None]:
+    """The seed's way: each group segmented whole. A slice two groups cover (the last group overlaps its
+    neighbour) takes the mean of their probabilities, as the published method averages them; a group of air
+    slices adds nothing to that mean but still counts in it. Only the shared slices' sums are kept."""
+    n = volume.array.shape[2]
+    groups = plan_groups(n, min(profile.group.size, n), "overlap")
+    hits = np.zeros(n, dtype=np.int64)
+    for g in groups:
+        hits[g.start:g.stop] += 1
+    shared = np.flatnonzero(hits > 1)
+    sums = np.zeros((*volume.array.shape[:2], shared.size), dtype=np.float32)
+    threshold = profile.infer.threshold
+    mask = np.zeros(volume.array.shape, dtype=np.uint8)
+    softs = []
+    for g in groups:
+        part = slab(volume, g.start, g.stop)
+        if not has_body(part.array, profile.preprocess):
+            continue  # a group of air slices: no body to crop to, and no liver
+        part_label = slab(label, g.start, g.stop) if label is not None else None
+        prob, network, soft = _probability(trainer, model, part, profile, part_label)
+        softs.append(soft)
+        local = to_original_grid(prob, network, part, threshold=None)
+        alone = hits[g.start:g.stop] == 1
+        mask[:, :, g.start:g.stop][:, :, alone] = local[:, :, alone] > threshold
+        where = np.searchsorted(shared, np.arange(g.start, g.stop)[~alone])
+        sums[:, :, where] += local[:, :, ~alone]
+    for i, k in enumerate(shared):
+        mask[:, :, k] = sums[:, :, i] / np.float32(hits[k]) > threshold
+    soft = float(np.mean(softs)) if label is not None and softs else None
+    return mask, soft

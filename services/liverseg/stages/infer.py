@@ -55,7 +55,7 @@ class Study:
         if path.is_dir():
             image, report, ordered = dicom_volume.series_to_volume(dicom_read.series_files(path))
             return cls(image, ordered, report.skipped)
-        return cls(nifti.load(path, kind="image"))
+        return cls(nifti.load_fast(path, kind="image"))
 
 
 def score(mask: np.ndarray, label: Volume, image: Volume) -> dict[str, float]:
@@ -174,7 +174,7 @@ class InferStage:
             log.warning("files skipped", extra={"skipped": dicom_read.skipped_line(study.skipped)})
         label = None
         if "label" in inputs:
-            label = nifti.load(ctx.store.get_file(inputs["label"].key, work / "label.nii.gz"), kind="label")
+            label = nifti.load_fast(ctx.store.get_file(inputs["label"].key, work / "label.nii.gz"), kind="label")
         done = segment_study(model, inputs["model"].sha256 or inputs["model"].etag, study, work / "out", label)
         ctx.metrics.infer_seconds.observe(done["figures"]["seconds"])
         refs = ctx.store.upload_dir(work / "out", MASK.prefix(ctx.run_id, case))

@@ -28,7 +28,7 @@ STEP = STEPS["preprocess"]
 def preprocess_unit(image_path: Path, label_path: Path, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
     from liverseg.ml.transforms import has_body, preprocess_pair  # torch/MONAI only where this stage runs
 
-    image, label = nifti.load(image_path, kind="image"), nifti.load(label_path, kind="label")
+    image, label = nifti.load_fast(image_path, kind="image"), nifti.load_fast(label_path, kind="label")
     if not has_body(image.array, cfg):
         raise InputError(f"no voxel above {cfg.window[0]:g} HU: an empty scan, or not CT in HU",
                          file=image_path.name)
