@@ -11,12 +11,13 @@ APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushga
 # helm for the chart tests: a pinned static build, fetched once into the ignored tool cache (charts/fetch_helm.py).
 HELM := .liverseg/tools/helm
 
-.PHONY: help venv tools helm render validate run test test-fast lint bench bench-quality bench-dicom bench-scale \
+.PHONY: help venv tools helm render validate run test check lint bench bench-quality bench-dicom bench-scale \
   reliability-doc clean images test-images
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
 	@echo "make test   - set up, then the whole test suite (starts its own S3 server and tools)"
+	@echo "make check  - ruff, mypy and the fast tests (about two minutes)"
 	@echo "make lint   - ruff"
 	@echo "make images - the five stage images localhost/liverseg-<stage>:<version> (buildah/podman; BASE_IMAGE=...)"
 	@echo "make test-images - (re)build the images, then run the pipeline in them as the workflow pods would"
@@ -53,10 +54,14 @@ run: venv
 
 test: venv tools helm
 	$(PY) -m ruff check services workflows tests docker charts
+	$(PY) -m mypy
 	$(PY) -m pytest -q -m "not images"
 
-test-fast: venv
-	$(PY) -m pytest -q -m "not slow"
+# Lint, types and the fast tests: the loop while working (about two minutes on 2 cores).
+check: venv
+	$(PY) -m ruff check services workflows tests docker charts
+	$(PY) -m mypy
+	$(PY) -m pytest -q -x -m "not slow and not images"
 
 # Both profiles on 36 fixed phantoms, the same training budget each (BUDGET_S seconds; ~40 min in all on 2 cores).
 BUDGET_S ?= 900

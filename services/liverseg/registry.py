@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,7 +26,7 @@ from liverseg.store import ObjectRef, ObjectStore
 DECISIONS = "models/decisions/"
 
 
-def held_out_id(cases: dict[str, dict[str, str | None]]) -> str:
+def held_out_id(cases: Mapping[str, Mapping[str, str | None]]) -> str:
     """Identity of a held-out set: its cases and the content hashes of their image and label."""
     blob = json.dumps(cases, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

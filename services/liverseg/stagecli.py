@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from liverseg import logs
-from liverseg.errors import EXIT_INTERNAL, EXIT_OK, StageError, exit_code
+from liverseg.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, StageError, exit_code
 from liverseg.graph import PLAN, Step
 from liverseg.metrics import StageMetrics
 from liverseg.settings import ENV_WORKER
@@ -47,8 +47,9 @@ def execute(step: Step, args: argparse.Namespace, body: Callable[[StageContext],
             needs_plan: bool = True) -> int:
     """Run ``body`` with a ready context; log a failure as one JSON line; push metrics; return the exit code."""
     cases = getattr(args, "case", None) or []
-    logs.configure(stage=step.name, run_id=args.run_id, case=cases[0] if len(cases) == 1 else None)
-    metrics = StageMetrics(step.name, args.run_id, cases[0] if len(cases) == 1 else None)
+    case = cases[0] if len(cases) == 1 else None
+    logs.configure(stage=step.name, run_id=args.run_id, **({"case": case} if case else {}))
+    metrics = StageMetrics(step.name, args.run_id, case)
     started = time.monotonic()
     store = None
     code = EXIT_OK
@@ -64,7 +65,7 @@ def execute(step: Step, args: argparse.Namespace, body: Callable[[StageContext],
         extra = {"error": str(exc)}
         if code == EXIT_INTERNAL:
             extra.update(error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc(limit=12))
-        log.error("stage failed" if code != 2 else "cannot run", extra=extra)
+        log.error("cannot run" if code == EXIT_USAGE else "stage failed", extra=extra)
     finally:
         metrics.duration.set(time.monotonic() - started)
         if store is not None:
@@ -80,14 +81,19 @@ def run_step(step: Step, args: argparse.Namespace, stage: CaseStage | RunStage, 
     """The body of every step command. A whole-run step produces once (``run_once``); a per-case step works on
     ``--case``s, or the given ``cases``, or the cases its step covers in the plan, in ``--workers`` processes."""
     needs_plan = PLAN in step.reads if needs_plan is None else needs_plan
-    if step.covers == "run":
+    body: Callable[[StageContext], dict[str, Any]]
+    if isinstance(stage, RunStage):
+        run_stage = stage
+
         def body(ctx: StageContext) -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix=f"liverseg-{step.name}-") as tmp:
-                return stage.result(ctx, run_once(ctx, stage, Path(tmp)))
+                return run_stage.result(ctx, run_once(ctx, run_stage, Path(tmp)))
     else:
+        case_stage = stage
+
         def body(ctx: StageContext) -> dict[str, Any]:
-            chosen = args.case or cases or ctx.plan.covered(step.covers)
-            known = cases if cases is not None else ctx.plan.cases
+            chosen = args.case or cases or ctx.planned.covered(step.covers)
+            known = cases if cases is not None else ctx.planned.cases
             unknown = [c for c in chosen if c not in known]
             if unknown:
                 raise StageError(f"cases not in run {ctx.run_id}'s {'plan' if cases is None else 'studies'}: "
@@ -95,7 +101,10 @@ def run_step(step: Step, args: argparse.Namespace, stage: CaseStage | RunStage, 
             workers = min(args.workers, len(chosen))
             if workers > 1:
                 return _in_workers(args.command_line, chosen, workers)
-            return run_cases(stage, ctx, chosen).as_dict()
+            return run_cases(case_stage, ctx, chosen).as_dict()
+    if isinstance(stage, RunStage) != (step.covers == "run"):
+        raise TypeError(f"step {step.name} covers {step.covers!r}: its stage must be a "
+                        f"{'RunStage' if step.covers == 'run' else 'CaseStage'}")
     return execute(step, args, body, needs_plan)
 
 

@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -99,10 +99,15 @@ class StageContext:
         return self.step.name
 
     @property
-    def config(self) -> Profile:
+    def planned(self) -> Plan:
+        """The run's plan; a ``StageError`` for a stage run without one (study mode)."""
         if self.plan is None:
             raise StageError("this stage needs a plan")
-        return self.plan.config()
+        return self.plan
+
+    @property
+    def config(self) -> Profile:
+        return self.planned.config()
 
     def _declared(self, output: Output) -> None:
         if output not in self.step.reads and output.step != self.step.name:
@@ -132,7 +137,7 @@ class StageContext:
     def sources(self, case: str) -> dict[str, ObjectRef]:
         """The case's ingested image (and label, when it has one) as the plan names them, checked present."""
         self._declared(SOURCE)
-        entry = self.plan.cases[case]
+        entry = self.planned.cases[case]
         refs = {}
         for role, key in (("image", entry.image), ("label", entry.label)):
             if key is None:
@@ -152,6 +157,7 @@ class StageContext:
                                 f"outputs ({', '.join(map(str, self.step.writes))}) covers")
 
 
+@runtime_checkable
 class CaseStage(Protocol):
     """A stage that covers cases, one at a time."""
 
@@ -162,8 +168,9 @@ class CaseStage(Protocol):
     def process(self, ctx: StageContext, case: str, inputs: dict[str, ObjectRef], work: Path) -> StageOutput: ...
 
 
+@runtime_checkable
 class RunStage(Protocol):
-    """A stage that covers the whole run in one process."""
+    """A stage that covers the whole run in one process (``run_step`` tells the shapes apart by ``produce``)."""
 
     def inputs(self, ctx: StageContext) -> dict[str, ObjectRef]: ...
 

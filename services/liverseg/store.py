@@ -10,6 +10,7 @@ reader never sees half an object; a stage's manifest, written last, says when a 
 
 from __future__ import annotations
 
+import builtins  # ObjectStore.list shadows the built-in inside the class
 import contextlib
 import hashlib
 import io
@@ -172,7 +173,7 @@ class ObjectStore:
             self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
             metadata={SHA256_META: sha}))
         self._count(written=len(data))
-        return ObjectRef(key, result.etag, len(data), sha)
+        return ObjectRef(key, result.etag or "", len(data), sha)
 
     def put_json(self, key: str, obj: Any) -> ObjectRef:
         data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
@@ -185,7 +186,7 @@ class ObjectStore:
             self.bucket, key, str(path), content_type=content_type, metadata={SHA256_META: sha}))
         size = path.stat().st_size
         self._count(written=size)
-        return ObjectRef(key, result.etag, size, sha)
+        return ObjectRef(key, result.etag or "", size, sha)
 
     def upload_dir(self, local_dir: Path, prefix: str) -> list[ObjectRef]:
         """Upload every file under ``local_dir`` to ``prefix/<relative path>``; refs come back in key order."""
@@ -217,7 +218,7 @@ class ObjectStore:
             raise
         meta = {k.lower(): v for k, v in (info.metadata or {}).items()}
         sha = meta.get(f"x-amz-meta-{SHA256_META}")
-        return ObjectRef(key, info.etag, info.size, sha)
+        return ObjectRef(key, info.etag or "", info.size or 0, sha)
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
@@ -263,11 +264,11 @@ class ObjectStore:
                     if not o.is_dir]
         return sorted(self._call(f"list {prefix}", listing), key=lambda r: r.key)
 
-    def download_prefix(self, prefix: str, local_dir: Path) -> list[Path]:
+    def download_prefix(self, prefix: str, local_dir: Path) -> builtins.list[Path]:
         """Download every object under ``prefix`` to ``local_dir/<key relative to prefix>``."""
         prefix = prefix.rstrip("/") + "/"
         return self.get_files({ref.key: Path(local_dir) / ref.key[len(prefix):] for ref in self.list(prefix)})
 
-    def get_files(self, targets: dict[str, Path]) -> list[Path]:
+    def get_files(self, targets: dict[str, Path]) -> builtins.list[Path]:
         """Download several objects (key -> local path) concurrently."""
         return self._parallel(self.get_file, list(targets.items()))

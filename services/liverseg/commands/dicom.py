@@ -51,7 +51,7 @@ def file_sha256(path: Path) -> str:
 class ToNiftiResult:
     out: Path
     shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
+    spacing: tuple[float, ...]
     n_files: int
     notes: list[str]
     skipped: list  # dicom_read.Skipped: files of the folder that are no CT slices
@@ -195,7 +195,9 @@ def group_folder(series_dir: Path, out_dir: Path, *, size: int = 64, remainder: 
         raise InputError(f"unknown remainder policy {remainder!r} (overlap or drop)")
     cfg = GroupConfig(size=size, order="position", remainder=remainder)
     files = dicom_read.series_files(series_dir)
-    headers, skipped, rejected = [], [], []
+    headers: list = []
+    skipped: list[dict[str, str]] = []
+    rejected: list[dict[str, str]] = []
     for path in files:
         try:
             headers.append(dicom_read.read_header(path))

@@ -95,6 +95,15 @@ class SliceHeader:
             self._dataset = pydicom.dcmread(self.path)
         return self._dataset
 
+    def metadata(self):
+        """The data set without its pixel data: what a derived object (a SEG) needs of its source slice, read
+        afresh each call and not kept, so a large series is not held twice."""
+        if self._dataset is not None:
+            return self._dataset
+        import pydicom
+
+        return pydicom.dcmread(self.path, stop_before_pixels=True)
+
     @property
     def normal(self) -> Vec:
         return cross(self.orientation[:3], self.orientation[3:])

@@ -136,7 +136,7 @@ def _frames_sit_on_their_sources(seg_ds: Dataset, positions: dict[str, np.ndarra
 
 
 def seg_to_label(seg_ds: Dataset, source_uids: Sequence[str],
-                 source_positions: Sequence[np.ndarray] | None = None) -> np.ndarray:
+                 source_positions: Sequence[Sequence[float]] | None = None) -> np.ndarray:
     """The label map (i, j, k) of a SEG on the source slices ``source_uids`` (k order), MSD values restored.
 
     Frames are matched to slices by the SOP Instance UIDs they reference. A SEG that does not state that spatial

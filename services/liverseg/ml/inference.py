@@ -24,7 +24,7 @@ from liverseg.imaging.geometry import Volume
 from liverseg.imaging.grouping import plan_groups, slab
 from liverseg.ml.metrics import seed_style_dice
 from liverseg.ml.training import Trainer
-from liverseg.ml.transforms import has_body, to_network, to_original_grid
+from liverseg.ml.transforms import NetworkInput, has_body, to_network, to_original_grid
 
 __all__ = ["Segmentation", "largest_component", "segment"]
 
@@ -65,7 +65,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _probability(trainer: Trainer, model: torch.nn.Module, volume: Volume, profile: Profile,
-                 label: Volume | None) -> tuple[torch.Tensor, object, float | None]:
+                 label: Volume | None) -> tuple[torch.Tensor, NetworkInput, float | None]:
     """The liver probability (1, X, Y, Z) on the network's grid for one input (a whole volume or one group), the
     network input it came from, and the seed-style figure against ``label`` when given."""
     network = to_network(volume, profile.preprocess, label)
@@ -107,14 +107,15 @@ def _segment_groups(trainer: Trainer, model: torch.nn.Module, volume: Volume, pr
     sums = np.zeros((*volume.array.shape[:2], shared.size), dtype=np.float32)
     threshold = profile.infer.threshold
     mask = np.zeros(volume.array.shape, dtype=np.uint8)
-    softs = []
+    softs: list[float] = []
     for g in groups:
         part = slab(volume, g.start, g.stop)
         if not has_body(part.array, profile.preprocess):
             continue  # a group of air slices: no body to crop to, and no liver
         part_label = slab(label, g.start, g.stop) if label is not None else None
         prob, network, soft = _probability(trainer, model, part, profile, part_label)
-        softs.append(soft)
+        if soft is not None:
+            softs.append(soft)
         local = to_original_grid(prob, network, part, threshold=None)
         alone = hits[g.start:g.stop] == 1
         mask[:, :, g.start:g.stop][:, :, alone] = local[:, :, alone] > threshold
@@ -122,5 +123,4 @@ def _segment_groups(trainer: Trainer, model: torch.nn.Module, volume: Volume, pr
         sums[:, :, where] += local[:, :, ~alone]
     for i, k in enumerate(shared):
         mask[:, :, k] = sums[:, :, i] / np.float32(hits[k]) > threshold
-    soft = float(np.mean(softs)) if label is not None and softs else None
-    return mask, soft
+    return mask, float(np.mean(softs)) if softs else None

@@ -46,7 +46,8 @@ class LoadedModel:
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise UsageError(f"not a liverseg model file (format {FORMAT} expected)")
         self.profile: Profile = profile_from_dict(payload["profile"])
-        self.network = build_unet().to(device).to(memory_format=memory_format(device))
+        # torch's stubs lack Module.to(memory_format=...), which torch has.
+        self.network = build_unet().to(device).to(memory_format=memory_format(device))  # type: ignore[call-overload]
         self.network.load_state_dict(payload["state_dict"])
         self.network.eval()
         self.device = device

@@ -31,7 +31,7 @@ from liverseg.imaging import geometry
 from liverseg.imaging.geometry import Volume
 
 __all__ = [
-    "SLAB_SLICES",
+    "SLAB_VOXELS",
     "NetworkInput",
     "has_body",
     "preprocess_pair",
@@ -51,7 +51,7 @@ SLAB_VOXELS = 4 * 2**20
 # in every case tested, and within one float32 step where they do not.
 WHOLE_NEAREST_VOXELS = 64 * 2**20
 # How Spacingd resamples (its defaults, as the plain pipeline uses them).
-PADDING, ALIGN_CORNERS, RESAMPLE_DTYPE = "border", False, torch.float64
+PADDING, ALIGN_CORNERS, RESAMPLE_DTYPE = "border", False, np.float64
 
 
 def _body(x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +123,7 @@ def _resample(source: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray
         part = convert(part) if convert is not None else part
         part_tensor = torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32))[None]
         moved = resample(MetaTensor(part_tensor, affine=torch.as_tensor(_shifted(src_affine, axis, lo))),
-                         dst_affine=torch.as_tensor(slab_affine), spatial_size=slab_shape).as_tensor()[0].numpy()
+                         dst_affine=torch.as_tensor(slab_affine), spatial_size=slab_shape)[0].numpy()
         out[:, :, start:stop] = moved if threshold is None else moved > threshold
     return out
 
@@ -197,6 +197,8 @@ def to_original_grid(probability: torch.Tensor, network: NetworkInput, target: V
 def preprocess_pair(image: Volume, label: Volume, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     """Image float32 (1, X, Y, Z) in 0..1 and liver label uint8 (1, X, Y, Z) in 0/1."""
     network = to_network(image, cfg, label)
+    if network.label is None:  # to_network keeps every key it is given
+        raise ValueError("to_network dropped the label")
     img = network.image.as_tensor().numpy().astype(np.float32)
     lab = network.label.as_tensor().numpy()
     # Area interpolation leaves fractions at the liver's edge; any fraction counted as liver is the seed's

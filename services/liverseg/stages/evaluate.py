@@ -15,7 +15,7 @@ import numpy as np
 
 from liverseg import layout
 from liverseg import manifest as mf
-from liverseg.errors import CaseFailed
+from liverseg.errors import CaseFailed, StageError
 from liverseg.graph import MASK, MODEL, OVERLAYS, REPORT, STEPS, SUMMARY
 from liverseg.report import VIEWS, ReportEntry, html_report
 from liverseg.stagecli import add_run_options, run_step
@@ -31,7 +31,8 @@ def case_figures(details: dict[str, Any]) -> dict[str, Any]:
     HD95 is infinite when exactly one of prediction and label is empty (no surface to measure to). The manifest's
     JSON turns that into null, so both forms mean "undefined" here. Dice stays (0 for such a case) and counts.
     """
-    figures = {k: details[k] for k in ("dice", "hd95_mm", "seed_style_dice", "liver_ml", "seconds") if k in details}
+    figures: dict[str, Any] = {k: details[k] for k in ("dice", "hd95_mm", "seed_style_dice", "liver_ml", "seconds")
+                               if k in details}
     if "hd95_mm" in figures and (figures["hd95_mm"] is None or not math.isfinite(figures["hd95_mm"])):
         del figures["hd95_mm"]
         # liver_ml is the predicted volume (0.1 ml steps): 0 means the model found no liver, else the label has none.
@@ -64,13 +65,16 @@ class EvaluateStage:
     def inputs(self, ctx: StageContext) -> dict[str, ObjectRef]:
         """The infer records of the held-out cases it scored (cases it set aside are listed, not inputs)."""
         inputs = {}
-        for case in ctx.plan.split["test"]:
+        for case in ctx.planned.split["test"]:
             try:
                 ctx.record(MASK, case)
             except CaseFailed:
                 continue
             key = layout.manifest_key(ctx.run_id, MASK.step, case)
-            inputs[key] = ctx.store.stat(key)
+            ref = ctx.store.stat(key)
+            if ref is None:
+                raise StageError(f"case {case}: the infer record {key} vanished while it was read")
+            inputs[key] = ref
         return inputs
 
     def params(self, ctx: StageContext) -> dict[str, Any]:
@@ -80,15 +84,15 @@ class EvaluateStage:
         train = ctx.record(MODEL)
         per_case: dict[str, dict[str, Any]] = {}
         set_aside: dict[str, str] = {}
-        for case in ctx.plan.split["test"]:
+        for case in ctx.planned.split["test"]:
             try:
                 per_case[case] = case_figures(ctx.record(MASK, case).details)
             except CaseFailed as exc:
                 set_aside[case] = exc.reason
         model_key = train.details["model"]
         summary = {
-            "run_id": ctx.run_id, "dataset": ctx.plan.dataset, "profile": ctx.plan.profile["name"],
-            "split": {k: len(v) for k, v in ctx.plan.split.items()},
+            "run_id": ctx.run_id, "dataset": ctx.planned.dataset, "profile": ctx.planned.profile["name"],
+            "split": {k: len(v) for k, v in ctx.planned.split.items()},
             "model": model_key, "model_sha256": train.outputs[model_key].sha256,
             "best_epoch": train.details["best_epoch"], "epochs_run": train.details["epochs_run"],
             "train_seconds": train.details["train_seconds"],

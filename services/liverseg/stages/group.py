@@ -111,9 +111,10 @@ class GroupStage:
 
     def process(self, ctx: StageContext, case: str, inputs: dict[str, ObjectRef], work: Path) -> StageOutput:
         source = CT.prefix(ctx.run_id, case)
-        local = ctx.store.get_files({key: work / "in" / key[len(source) + 1:] for key in inputs})
-        ct_files = [p for key, p in zip(inputs, local, strict=True) if CT.owns(key, ctx.run_id, case)]
-        seg_files = [p for key, p in zip(inputs, local, strict=True) if SEG.owns(key, ctx.run_id, case)]
+        local: dict[str, Path] = {key: work / "in" / key[len(source) + 1:] for key in inputs}
+        ctx.store.get_files(local)
+        ct_files = [path for key, path in local.items() if CT.owns(key, ctx.run_id, case)]
+        seg_files = [path for key, path in local.items() if SEG.owns(key, ctx.run_id, case)]
         grouped = group_series(ct_files, seg_files[0] if seg_files else None, ctx.config.group)
         write_groups(grouped, work / "out")
         refs = ctx.store.upload_dir(work / "out", GROUPS.prefix(ctx.run_id, case))

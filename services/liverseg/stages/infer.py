@@ -84,7 +84,7 @@ def segment_study(model: LoadedModel, model_sha256: str, study: Study, out: Path
         from liverseg.imaging import seg  # highdicom: only for DICOM studies
 
         namespace = f"segment|{study.slices[0].series_uid}|{model_sha256}|{code_version()}"
-        seg.label_to_seg(result.mask, [h.ds for h in study.slices], namespace,
+        seg.label_to_seg(result.mask, [h.metadata() for h in study.slices], namespace,
                          algorithm=f"liverseg {model_sha256[:12]}").save_as(out / "seg.dcm", enforce_file_format=True)
         files.append("seg.dcm")
     for view, png in overlay_pngs(study.image, result.mask).items():
@@ -94,7 +94,8 @@ def segment_study(model: LoadedModel, model_sha256: str, study: Study, out: Path
                                "liver_ml": liver_ml(result.mask, study.image)}
     if label is not None:
         figures.update(score(result.mask, label, study.image))
-        figures["seed_style_dice"] = round(result.seed_style_dice, 5)
+        if result.seed_style_dice is not None:
+            figures["seed_style_dice"] = round(result.seed_style_dice, 5)
     if study.skipped:
         figures["skipped_files"] = [s.as_dict() for s in study.skipped]
     return {"figures": figures, "files": files}

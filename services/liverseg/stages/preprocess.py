@@ -38,7 +38,7 @@ def preprocess_unit(image_path: Path, label_path: Path, cfg: PreprocessConfig) -
 
 def to_npz(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, image=arrays["image"], label=arrays["label"])
     return buffer.getvalue()
 
 

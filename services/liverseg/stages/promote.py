@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from liverseg import manifest as mf
+from liverseg.errors import StageError
 from liverseg.graph import MODEL, STEPS, SUMMARY
 from liverseg.imaging import nifti
 from liverseg.ml.model import pick_device
@@ -58,8 +59,14 @@ def score_model(store: ObjectStore, model_key: str, cases: dict[str, dict[str, s
 def held_out_of(store: ObjectStore, cases: dict[str, dict[str, str]]) -> str:
     """``held_out_id`` of cases given by store keys, from the objects' content hashes (the ETag for an object
     uploaded without a sha256, so two different sets never share an identity)."""
-    refs = {c: {role: store.stat(key) for role, key in keys.items()} for c, keys in cases.items()}
-    return held_out_id({c: {role: ref.sha256 or ref.etag for role, ref in roles.items()} for c, roles in refs.items()})
+    digests: dict[str, dict[str, str]] = {}
+    for case, keys in cases.items():
+        for role, key in keys.items():
+            ref = store.stat(key)
+            if ref is None:
+                raise StageError(f"case {case}: its {role} {key} is no longer in the store")
+            digests.setdefault(case, {})[role] = ref.sha256 or ref.etag
+    return held_out_id(digests)
 
 
 def challenge(store: ObjectStore, registry: Registry, champion: str, dataset: str, cases: dict[str, dict[str, str]],
@@ -108,12 +115,13 @@ class PromoteStage:
         train = ctx.record(MODEL)
         model_key = MODEL.key(ctx.run_id)
         scored = sorted(c for c, r in summary["cases"].items() if "dice" in r)
-        cases = {c: {"image": ctx.plan.cases[c].image, "label": ctx.plan.cases[c].label} for c in scored}
+        # A scored case has a label: it was scored against it.
+        cases = {c: {"image": ctx.planned.cases[c].image, "label": str(ctx.planned.cases[c].label)} for c in scored}
         held_out = held_out_of(ctx.store, cases)
         registry = Registry(ctx.store)
         version = ctx.run_id
         challenger = {"held_out": held_out, "mean_dice": summary["mean_dice"], "cases": summary["cases"]}
-        card = {"run_id": ctx.run_id, "dataset": ctx.plan.dataset, "profile": ctx.plan.profile["name"],
+        card = {"run_id": ctx.run_id, "dataset": ctx.planned.dataset, "profile": ctx.planned.profile["name"],
                 "code_version": train.code_version, "train_fingerprint": train.fingerprint,
                 "training_data": {k: e.sha256 or e.etag for k, e in train.inputs.items()},
                 "best_epoch": train.details["best_epoch"], "epochs_run": train.details["epochs_run"],
@@ -132,7 +140,7 @@ class PromoteStage:
         elif champion == version:
             decision = {"promoted": False, "reason": "already the champion", "champion": champion}
         else:
-            promoted, reason, evidence = challenge(ctx.store, registry, champion, ctx.plan.dataset, cases,
+            promoted, reason, evidence = challenge(ctx.store, registry, champion, ctx.planned.dataset, cases,
                                                    summary["cases"], tolerance)
             decision = registry.decide(version, promoted, reason, evidence, gated_against=champion)
         log.info("promotion decided", extra={"promoted": decision["promoted"], "reason": decision["reason"]})

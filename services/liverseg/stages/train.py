@@ -58,19 +58,19 @@ class TrainStage:
 
     def inputs(self, ctx: StageContext) -> dict[str, ObjectRef]:
         refs: dict[str, ObjectRef] = {}
-        for case in [*ctx.plan.split["train"], *ctx.plan.split["val"]]:
+        for case in [*ctx.planned.split["train"], *ctx.planned.split["val"]]:
             try:
                 refs.update(ctx.read(ARRAYS, case))
             except CaseFailed as exc:
                 self.excluded[case] = exc.reason
-        if not any(ctx.plan.split_of(case_of(k)) == "train" for k in refs):
+        if not any(ctx.planned.split_of(case_of(k)) == "train" for k in refs):
             raise StageError("no training case survived preprocessing")
         return refs
 
     def params(self, ctx: StageContext) -> dict[str, Any]:
         cfg = ctx.config
         return {"train": cfg.train.model_dump(mode="json"), "infer": cfg.infer.model_dump(mode="json"),
-                "split": ctx.plan.split}
+                "split": ctx.planned.split}
 
     @staticmethod
     def _checkpoints(ctx: StageContext) -> list[tuple[int, str]]:
@@ -106,7 +106,7 @@ class TrainStage:
 
     def produce(self, ctx: StageContext, inputs: dict[str, ObjectRef], work: Path, fingerprint: str) -> StageOutput:
         cfg = ctx.config
-        parts = {part: {k: r for k, r in inputs.items() if ctx.plan.split_of(case_of(k)) == part}
+        parts = {part: {k: r for k, r in inputs.items() if ctx.planned.split_of(case_of(k)) == part}
                  for part in ("train", "val")}
         train, val = load_samples(ctx, parts["train"], work), load_samples(ctx, parts["val"], work)
         log.info("training", extra={"train_units": len(train), "val_units": len(val), "device": str(self.device),
@@ -134,11 +134,13 @@ class TrainStage:
                 ctx.metrics.push()
 
         state = trainer.fit(train, val, state, on_epoch)
+        if state.best_model is None:
+            raise StageError("training ended without a model to keep (no epoch completed)")
         payload = model_payload(
-            state.best_model, ctx.plan.profile, best_epoch=state.best_epoch, best_metric=state.best_metric,
+            state.best_model, ctx.planned.profile, best_epoch=state.best_epoch, best_metric=state.best_metric,
             selection=cfg.train.selection, epochs_run=state.epoch, train_fingerprint=fingerprint,
-            code_version=mf.code_version(), run_id=ctx.run_id, train_cases=sorted(ctx.plan.split["train"]),
-            val_cases=sorted(ctx.plan.split["val"]))
+            code_version=mf.code_version(), run_id=ctx.run_id, train_cases=sorted(ctx.planned.split["train"]),
+            val_cases=sorted(ctx.planned.split["val"]))
         outputs = [ctx.store.put_json(METRICS.key(ctx.run_id), state.history),
                    ctx.store.put_bytes(MODEL.key(ctx.run_id), to_bytes(payload))]
         details = {"best_epoch": state.best_epoch, "best_metric": state.best_metric, "epochs_run": state.epoch,
