@@ -11,7 +11,7 @@ APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushga
 # helm for the chart tests: a pinned static build, fetched once into the ignored tool cache (charts/fetch_helm.py).
 HELM := .liverseg/tools/helm
 
-.PHONY: help venv tools helm render validate run test check lint bench bench-quality bench-dicom bench-scale \
+.PHONY: help venv lock tools helm render validate run test check lint bench bench-quality bench-dicom bench-scale \
   reliability-doc clean images test-images
 
 help:
@@ -29,12 +29,18 @@ help:
 	@echo "make bench-scale - convert/group/preprocess over 10, 50, 200 cases: s/case, peak RSS -> bench-results/scale.json"
 	@echo "make reliability-doc - fault and bad-input tests, then docs/RELIABILITY.md from their records"
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every dependency but torch (TORCH_SPEC picks that build): the versions the tests ran.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
+
+# After a dependency change in pyproject.toml: install it, then record the venv's versions.
+lock: venv
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) tests/lock.py
 
 venv: $(VENV)/.installed
 

@@ -9,8 +9,8 @@ Steps, each cached so that a second build only redoes what changed:
 2. The wheelhouse (``.liverseg/images/context/wheels``): the liverseg wheel, built from this working tree
    (reproducible: fixed SOURCE_DATE_EPOCH, built from a clean copy), and every dependency of every stage extra,
    built or downloaded on the host (a pip inside the build could not reach the index). The dependency versions are
-   those of the project venv when there is one (``pip freeze`` as constraints), so the images run what the tests
-   ran; re-downloaded only when pyproject's dependencies, TORCH_SPEC or those pins change.
+   requirements.lock's (as constraints), the versions the tests ran; re-downloaded only when pyproject's
+   dependencies, TORCH_SPEC or the lock change.
 3. The pins of each layer (``requirements/<target>.txt``), resolved offline against the wheelhouse.
 4. ``docker/base.Dockerfile`` targets ``imaging`` and ``ml`` (tags ``localhost/liverseg-base:imaging|ml``), then the
    five stage Dockerfiles on top of them, with the version and the git commit as build arguments.
@@ -285,13 +285,11 @@ def python_version(python: str) -> str:
     return run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture=True).strip()
 
 
-def venv_constraints(python: str) -> list[str]:
-    """The dev venv's pins (not torch's family, not liverseg): the versions the test suite runs with."""
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    if not venv_python.exists():
-        return []
-    frozen = pip(str(venv_python), "freeze", "--exclude-editable").splitlines()
-    pins = [line.strip() for line in frozen if "==" in line and not line.startswith("#")]
+def lock_constraints() -> list[str]:
+    """requirements.lock's pins (every dependency but torch's family and liverseg): the versions the test suite
+    runs with (tests/lock.py)."""
+    lines = (ROOT / "requirements.lock").read_text().splitlines()
+    pins = [line.strip() for line in lines if "==" in line and not line.startswith("#")]
     return sorted(p for p in pins if not p.lower().startswith((*TORCH_FAMILY, "liverseg")))
 
 
@@ -321,14 +319,14 @@ def wheelhouse(context: Path, python: str, torch_spec: str) -> dict:
     wheels.mkdir(parents=True, exist_ok=True)
     wheel = build_liverseg_wheel(python, wheels)
     meta = project()
-    constraints = venv_constraints(python)
+    constraints = lock_constraints()
     key_source = {"dependencies": meta.get("dependencies"), "extras": meta.get("optional-dependencies"),
                   "pyproject": meta.get("pyproject"), "version": meta["version"],
                   "torch": torch_spec, "constraints": constraints, "python": python_version(python)}
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()
     key_file = context / "wheelhouse.key"
     if not (key_file.exists() and key_file.read_text() == key and (context / "pip.whl").exists()):
-        log(f"wheelhouse: fetching dependencies ({torch_spec}, {len(constraints)} venv pins)")
+        log(f"wheelhouse: fetching dependencies ({torch_spec}, {len(constraints)} pins of requirements.lock)")
         for old in wheels.glob("*.whl"):
             if old != wheel:
                 old.unlink()
