@@ -12,7 +12,7 @@ APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushga
 HELM := .liverseg/tools/helm
 
 .PHONY: help venv lock tools helm render validate run test check lint bench bench-quality bench-dicom bench-scale \
-  reliability-doc clean images test-images
+  reliability-doc clean images test-images bench-msd bench-segment
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
@@ -27,6 +27,8 @@ help:
 	@echo "make bench-quality - seed vs default held-out Dice under the same CPU budget -> bench-results/quality.json"
 	@echo "make bench-dicom - our DICOM<->NIfTI vs dcm2niix and plastimatch on the TCIA series -> bench-results/dicom.json"
 	@echo "make bench-scale - convert/group/preprocess over 10, 50, 200 cases: s/case, peak RSS -> bench-results/scale.json"
+	@echo "make bench-msd - every stage at Decathlon size vs its pod's memory limit -> bench-results/msd_scale.json"
+	@echo "make bench-segment - liverseg segment vs a plain MONAI pipeline on the TCIA series"
 	@echo "make reliability-doc - fault and bad-input tests, then docs/RELIABILITY.md from their records"
 
 # requirements.lock pins every dependency but torch (TORCH_SPEC picks that build): the versions the tests ran.
@@ -61,13 +63,13 @@ run: venv
 test: venv tools helm
 	$(PY) -m ruff check services workflows tests docker charts
 	$(PY) -m mypy
-	$(PY) -m pytest -q -m "not images"
+	$(PY) -m pytest -q -m "not images and not msd"
 
 # Lint, types and the fast tests: the loop while working (about two minutes on 2 cores).
 check: venv
 	$(PY) -m ruff check services workflows tests docker charts
 	$(PY) -m mypy
-	$(PY) -m pytest -q -x -m "not slow and not images"
+	$(PY) -m pytest -q -x -m "not slow and not images and not msd"
 
 # Both profiles on 36 fixed phantoms, the same training budget each (BUDGET_S seconds; ~40 min in all on 2 cores).
 BUDGET_S ?= 900
@@ -95,6 +97,17 @@ validate: venv tools helm
 # convert -> group -> preprocess over 10, 50 and 200 phantoms: s/case and peak RSS -> bench-results/scale.json.
 bench-scale: venv
 	$(PY) tests/bench/scale.py --sizes 10 50 200 --workers 2
+
+# Every stage on Decathlon-size phantoms (120..987 slices): peak RSS and s/slice against each pod's memory limit
+# (fails above 75 %), infer scaling -> bench-results/msd_scale.json; then the faults at that size (store restart,
+# a stage killed while it writes a 987-slice case).
+bench-msd: venv
+	$(PY) tests/bench/msd.py
+	$(PY) -m pytest -q -m msd tests/test_msd_faults.py
+
+# liverseg segment on the TCIA series against a plain MONAI pipeline (time, peak memory, where the time goes).
+bench-segment: venv
+	$(PY) tests/bench/segment.py --series $(DICOM_SERIES)
 
 # DICOM -> NIfTI vs dcm2niix and NIfTI -> DICOM vs plastimatch on the 134-slice TCIA series in ../shared/data
 # (DICOM_SERIES=dir for another), whole processes, median of interleaved runs -> bench-results/dicom.json.

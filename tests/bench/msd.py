@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from processes import measured
 
 ROOT = Path(__file__).resolve().parents[2]
 SLICES = (120, 200, 300, 450, 540, 987)
@@ -47,21 +48,10 @@ def rendered_limits() -> dict[str, int]:
             for t in template["spec"]["templates"] if "container" in t and t["name"] in STAGES}
 
 
-def measured(argv: list[str], env: dict[str, str]) -> dict:
-    """Run one stage process: its wall seconds, its exact peak RSS in bytes (``os.wait4``'s rusage of that child
-    alone) and its JSON result."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.monotonic()
-        process = subprocess.Popen([sys.executable, "-m", "liverseg", *argv], env=env, stdout=out, stderr=err,
-                                   stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.monotonic() - started
-        out.seek(0)
-        err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"bench-msd: liverseg {' '.join(argv)} failed:\n{err.read()[-3000:]}")
-        return {"seconds": round(seconds, 1), "peak_bytes": usage.ru_maxrss * 1024,
-                "result": json.loads(out.read().strip().splitlines()[-1])}
+def run_stage(argv: list[str], env: dict[str, str]) -> dict:
+    """One stage process, measured (``processes.measured``), with its JSON result."""
+    row = measured([sys.executable, "-m", "liverseg", *argv], env)
+    return {**row, "result": json.loads(row.pop("stdout").strip().splitlines()[-1])}
 
 
 def main() -> None:
@@ -101,12 +91,12 @@ def main() -> None:
             for stage in ("convert", "group", "preprocess"):
                 for case, slices in zip(names, args.slices, strict=True):
                     print(f"  {stage:<10} {case} ({slices} slices) ...", end="", flush=True)
-                    row = measured([stage, "--run-id", "msd", "--case", case], env)
+                    row = run_stage([stage, "--run-id", "msd", "--case", case], env)
                     rows[stage][case] = {"slices": slices, "seconds": row["seconds"], "peak_bytes": row["peak_bytes"],
                                          "s_per_slice": round(row["seconds"] / slices, 4)}
                     print(f" {row['seconds']} s, peak {row['peak_bytes'] / 2**30:.2f} GiB")
             print("  train      ...", end="", flush=True)
-            row = measured(["train", "--run-id", "msd"], env)
+            row = run_stage(["train", "--run-id", "msd"], env)
             rows["train"]["all"] = {"cases": len(plan.split["train"]) + len(plan.split["val"]),
                                     "seconds": row["seconds"], "peak_bytes": row["peak_bytes"]}
             print(f" {row['seconds']} s, peak {row['peak_bytes'] / 2**30:.2f} GiB")
@@ -115,7 +105,7 @@ def main() -> None:
                 print(f"  infer      {case} ({slices} slices) ...", end="", flush=True)
                 entry = next(c for c in cases if c["image"].endswith(f"/{case}.nii.gz"))
                 key = f"datasets/msd/imagesTr/{Path(entry['image']).name}"
-                row = measured(["infer", "--run-id", "msd-studies", "--model", model, "--study", f"{case}={key}"], env)
+                row = run_stage(["infer", "--run-id", "msd-studies", "--model", model, "--study", f"{case}={key}"], env)
                 rows["infer"][case] = {"slices": slices, "seconds": row["seconds"], "peak_bytes": row["peak_bytes"],
                                        "s_per_slice": round(row["seconds"] / slices, 4)}
                 print(f" {row['seconds']} s, peak {row['peak_bytes'] / 2**30:.2f} GiB")
