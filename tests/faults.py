@@ -5,6 +5,7 @@ run (object contents, checked against the manifests that list them).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -13,14 +14,27 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pydicom
 
 from liverseg import layout
 from liverseg.config import load_profile
 from liverseg.data.msd import ingest
+from liverseg.embedded import EmbeddedStore, find_free_s3_port
 from liverseg.stages.plan import make_plan
 from liverseg.store import ObjectStore
+
+
+@contextlib.contextmanager
+def server_of_its_own(root) -> Iterator[EmbeddedStore]:
+    """A store server for one test module alone, because its tests stop it (its data survives a restart)."""
+    server = EmbeddedStore(root=root, s3_port=find_free_s3_port())
+    server.up()
+    try:
+        yield server
+    finally:
+        server.down()
 
 
 def bucket(server, name) -> ObjectStore:

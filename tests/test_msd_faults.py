@@ -11,10 +11,9 @@ import signal
 import time
 
 import pytest
-from faults import bucket, contents, finish, prepared, record, stage_process
+from faults import bucket, contents, finish, prepared, record, server_of_its_own, stage_process
 
 from liverseg import layout
-from liverseg.embedded import EmbeddedStore, find_free_s3_port
 
 pytestmark = [pytest.mark.msd, pytest.mark.slow]
 SLICES = 987
@@ -22,10 +21,8 @@ SLICES = 987
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    own = EmbeddedStore(root=tmp_path_factory.mktemp("weed"), s3_port=find_free_s3_port())
-    own.up()
-    yield own
-    own.down()
+    with server_of_its_own(tmp_path_factory.mktemp("weed")) as own:
+        yield own
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +36,7 @@ def large(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def undisturbed(server, large):
-    root, case = large
+    root, _ = large
     store = prepared(bucket(server, "reference"), root, dataset="msd")
     finish(stage_process(store, "convert"), timeout=1800)
     return contents(store, "runs/r/convert/")

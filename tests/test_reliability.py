@@ -12,10 +12,9 @@ import time
 
 import pytest
 import torch
-from faults import bucket, contents, finish, prepared, record, stage_process, wait_for
+from faults import bucket, contents, finish, prepared, record, server_of_its_own, stage_process, wait_for
 
 from liverseg import layout
-from liverseg.embedded import EmbeddedStore, find_free_s3_port
 
 pytestmark = pytest.mark.slow
 TINY_TRAINING = ["train.epochs=6", "train.val_interval=1", "train.patch=[64,64,32]", "train.checkpoint_every=1",
@@ -24,11 +23,8 @@ TINY_TRAINING = ["train.epochs=6", "train.val_interval=1", "train.patch=[64,64,3
 
 @pytest.fixture(scope="module")
 def own_server(tmp_path_factory):
-    """A server of this module's own, because its tests stop it (its data survives a restart)."""
-    server = EmbeddedStore(root=tmp_path_factory.mktemp("weed"), s3_port=find_free_s3_port())
-    server.up()
-    yield server
-    server.down()
+    with server_of_its_own(tmp_path_factory.mktemp("weed")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
