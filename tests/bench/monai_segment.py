@@ -27,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("series", type=Path)
     parser.add_argument("model", type=Path)
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, help="output folder: <series folder name>_seg.nii.gz lands there")
     args = parser.parse_args()
     payload = from_bytes(args.model.read_bytes())
     profile = profile_from_dict(payload["profile"])
@@ -47,7 +47,7 @@ def main() -> None:
     post = T.Compose([
         T.Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True, device="cpu"),
         T.AsDiscreted("pred", argmax=True),
-        T.SaveImaged("pred", output_dir=str(args.out.parent), output_postfix="seg", separate_folder=False,
+        T.SaveImaged("pred", output_dir=str(args.out), output_postfix="seg", separate_folder=False,
                      resample=False),
     ])
     # As the MONAI tutorials run it: a Dataset and a DataLoader of batch 1, then decollate.

@@ -93,7 +93,7 @@ def main() -> None:
             "ours": lambda n: [sys.executable, "-m", "liverseg", "segment", str(args.series), "--out",
                                str(work / f"ours-{n}"), "--model", str(args.model)],
             "monai": lambda n: [sys.executable, str(Path(__file__).parent / "monai_segment.py"), str(args.series),
-                                str(args.model), str(work / f"monai-{n}") + "/"],
+                                str(args.model), str(work / f"monai-{n}")],
         }
         for n in range(args.runs):
             for side in (("ours", "monai") if n % 2 == 0 else ("monai", "ours")):
@@ -101,7 +101,7 @@ def main() -> None:
                 row.pop("stdout")
                 runs[side].append(row)
                 print(f"  run {n + 1} {side:<6} {row['seconds']:7.1f} s  peak {row['peak_bytes'] / 2**30:.2f} GiB")
-        agreement = dice(work / "ours-0" / "mask.nii.gz", work / "monai-0" / "dicom_seg.nii.gz")
+        agreement = dice(work / "ours-0" / "mask.nii.gz", work / "monai-0" / f"{args.series.name}_seg.nii.gz")
         (work / "phases").mkdir()
         steps = phases(args.series, args.model, work / "phases")
     median = {side: {k: statistics.median(r[k] for r in rows) for k in ("seconds", "peak_bytes")}
