@@ -53,12 +53,16 @@ def segment_folder(source: Path, out: Path, model_bytes: bytes, model_name: str,
     if study.skipped:
         print(f"liverseg segment: warning: {source}: {dicom_read.skipped_line(study.skipped)}", file=sys.stderr)
     done = segment_study(model, hashlib.sha256(model_bytes).hexdigest(), study, out)
+    for file, reason in done["not_written"].items():
+        print(f"liverseg segment: warning: {source}: no {file}: {reason}", file=sys.stderr)
     figures = {"liver_ml": done["figures"]["liver_ml"], "shape": "x".join(map(str, done["figures"]["shape"]))}
     overlays = {f.removeprefix("overlay_").removesuffix(".png"): f for f in done["files"] if f.startswith("overlay_")}
+    not_written = [f"no {file}: {reason}" for file, reason in done["not_written"].items()]
     (out / "report.html").write_text(html_report(f"liverseg segment {source.name}", [
-        ReportEntry(source.name, figures, overlays)], [f"model: {model_name}"]))
+        ReportEntry(source.name, figures, overlays)], [f"model: {model_name}", *not_written]))
     return {"input": str(source), "out": str(out), "model": model_name, "files": [*done["files"], "report.html"],
-            **figures, "skipped_files": done["figures"].get("skipped_files", [])}
+            **figures, "skipped_files": done["figures"].get("skipped_files", []),
+            "not_written": done["not_written"]}
 
 
 def main(args: argparse.Namespace) -> int:

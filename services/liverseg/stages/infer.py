@@ -3,7 +3,7 @@
 Reads  runs/<run>/train/model.pt, datasets/<dataset>/imagesTr/<case>.nii.gz (+ labelsTr) for the plan's test cases
 Writes runs/<run>/infer/<case>/mask.nii.gz                  uint8, 1 = liver, the study's own affine and shape
        runs/<run>/infer/<case>/overlay_{axial,coronal,sagittal}.png
-       runs/<run>/infer/<case>/seg.dcm                      DICOM studies only: a DICOM SEG referencing them
+       runs/<run>/infer/<case>/seg.dcm, rtstruct.dcm        DICOM studies only: DICOM SEG, RT Structure Set
 
 Study mode (``--study``, the ``liverseg-infer`` workflow) segments any NIfTI object or DICOM series prefix in the
 store with any model, without a plan. ``segment_study`` is the segmentation itself; this stage (download →
@@ -71,22 +71,26 @@ def score(mask: np.ndarray, label: Volume, image: Volume) -> dict[str, float]:
 def segment_study(model: LoadedModel, model_sha256: str, study: Study, out: Path,
                   label: Volume | None = None) -> dict[str, Any]:
     """Segment ``study`` and write into ``out``: ``mask.nii.gz`` (uint8 on the study's own grid), the three
-    overlays and, for a DICOM study, ``seg.dcm`` (a DICOM SEG referencing its slices; its UIDs derive from the
-    series, the model's content and the code version, so a re-run writes the same object). With ``label`` the
-    figures include Dice and HD95. Returns the figures and the files written (relative names)."""
+    overlays and, for a DICOM study, ``seg.dcm`` and ``rtstruct.dcm`` (a DICOM SEG and an RT Structure Set
+    referencing its slices; their UIDs derive from the series, the model's content and the code version, so a
+    re-run writes the same objects), or, for a series without UIDs, the reason there are none
+    (``imaging.derived``). With ``label`` the figures include Dice and HD95. Returns the figures, the files
+    written (relative names) and ``not_written`` (file -> reason)."""
     started = time.perf_counter()
     result = model.segment(study.image, label)
     seconds = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
     nifti.save_fast(out / "mask.nii.gz", Volume(result.mask, study.image.affine))
     files = ["mask.nii.gz"]
+    not_written: dict[str, str] = {}
     if study.slices is not None:
-        from liverseg.imaging import seg  # highdicom: only for DICOM studies
+        from liverseg.imaging.derived import write_derived  # highdicom, contourpy: only for DICOM studies
 
         namespace = f"segment|{study.slices[0].series_uid}|{model_sha256}|{code_version()}"
-        seg.label_to_seg(result.mask, [h.ds for h in study.slices], namespace,
-                         algorithm=f"liverseg {model_sha256[:12]}").save_as(out / "seg.dcm", enforce_file_format=True)
-        files.append("seg.dcm")
+        derived = write_derived(result.mask, [h.ds for h in study.slices], namespace, out,
+                                algorithm=f"liverseg {model_sha256[:12]}")
+        files += derived.written
+        not_written = derived.skipped
     for view, png in overlay_pngs(study.image, result.mask).items():
         (out / f"overlay_{view}.png").write_bytes(png)
         files.append(f"overlay_{view}.png")
@@ -97,7 +101,9 @@ def segment_study(model: LoadedModel, model_sha256: str, study: Study, out: Path
         figures["seed_style_dice"] = round(result.seed_style_dice, 5)
     if study.skipped:
         figures["skipped_files"] = [s.as_dict() for s in study.skipped]
-    return {"figures": figures, "files": files}
+    if not_written:
+        figures["not_written"] = not_written
+    return {"figures": figures, "files": files, "not_written": not_written}
 
 
 def study_name(key: str) -> str:
