@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CASES ?= 16
 PROFILE ?= default
-APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushgateway openssl
+APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushgateway openssl orthanc orthanc-dicomweb
 # helm for the chart tests: a pinned static build, fetched once into the ignored tool cache (charts/fetch_helm.py).
 HELM := .liverseg/tools/helm
 
@@ -37,10 +37,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Reference tools the tests compare against (dcm2niix, dciodvfy, plastimatch) and the Pushgateway.
+# Reference tools the tests compare against (dcm2niix, dciodvfy, plastimatch), the Pushgateway, and Orthanc with
+# its DICOMweb plugin (the PACS of the DICOMweb tests).
 tools:
-	@missing=""; for t in dcm2niix dciodvfy plastimatch prometheus-pushgateway promtool openssl; do \
+	@missing=""; for t in dcm2niix dciodvfy plastimatch prometheus-pushgateway promtool openssl Orthanc; do \
 	  command -v $$t >/dev/null || missing=1; done; \
+	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $(APT_TOOLS) >/dev/null; \

@@ -66,7 +66,7 @@ def configure(level: str | None = None, **context: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("LIVERSEG_LOG_LEVEL", "INFO"))
     # Third-party chatter (urllib3 retries, MONAI deprecations) stays at warning level.
-    for noisy in ("urllib3", "monai", "highdicom", "pydicom", "nibabel", "PIL"):
+    for noisy in ("urllib3", "monai", "highdicom", "pydicom", "nibabel", "PIL", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Python warnings would reach stderr as plain text: route them through logging (one JSON line each).
     logging.captureWarnings(True)
