@@ -134,3 +134,45 @@ class Orthanc:
         return requests.post(f"{self.url}/tools/find", auth=(self.username, self.password), timeout=60,
                              json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid},
                                    "Expand": True}).json()
+
+
+# -- studies as a scanner sends them (built from phantoms) ------------------------------------------------------
+CT_IMAGE_STORAGE, MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+
+
+def phantom_volume(seed: int, shape: tuple[int, int, int] = (64, 64, 16)):
+    """A small synthetic abdomen (a Volume in HU)."""
+    import numpy as np
+
+    from liverseg.data.synth import GridSpec, make_phantom
+    from liverseg.imaging.geometry import Volume
+
+    p = make_phantom(np.random.default_rng(seed), GridSpec(shape, (4.0, 4.0, 6.0), (True, True, False)))
+    return Volume(p.image, p.affine)
+
+
+def scanner_series(volume, out: Path, *, study_uid: str, patient: str, number: int, description: str,
+                   image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", study_date: str = "20260105",
+                   namespace: str | None = None, edit=None) -> list[Path]:
+    """``volume`` as one series of the study ``study_uid``, as a scanner writes it (ORIGINAL\\PRIMARY unless told);
+    ``edit(ds, k)`` changes slice ``k`` last."""
+    import pydicom
+
+    from dicom_helpers import nifti_to_dicom
+
+    namespace = namespace or f"{study_uid}|{number}"
+    nifti_to_dicom(volume, None, patient, namespace, out / "encoded")
+    paths = []
+    for k, path in enumerate(sorted((out / "encoded" / "ct").glob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.PatientID, ds.PatientName = study_uid, patient, f"{patient}^"
+        ds.ImageType = image_type.split("\\")
+        ds.SeriesNumber, ds.SeriesDescription = number, description
+        ds.StudyDate, ds.StudyTime = study_date, "101500"
+        if edit is not None:
+            edit(ds, k)
+        target = out / f"{number:03d}-{k:04d}.dcm"
+        ds.save_as(target)
+        paths.append(target)
+    shutil.rmtree(out / "encoded")
+    return paths

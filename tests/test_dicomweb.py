@@ -15,11 +15,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from archive_tools import Orthanc
-from model_files import soft_tissue_model
 
 from dicom_helpers import ALLOWED_WARNINGS, dciodvfy, plastimatch_label, rtstruct_label, tcia_files
 from liverseg.imaging import dicom_read
+from model_files import soft_tissue_model
 
 pytestmark = pytest.mark.slow
 SEG_STORAGE, RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.481.3"
@@ -29,13 +28,6 @@ INHERITED_WARNINGS = (
     "Value dubious for this VR - (0x0010,0x0010) PN Patient's Name  PN [1] = <Pancreas-CT-CB_001> - Retired Person "
     "Name form",
 )
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    server = Orthanc(tmp_path_factory.mktemp("orthanc")).up()
-    yield server
-    server.down()
 
 
 @pytest.fixture(scope="module")
