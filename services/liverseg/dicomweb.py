@@ -195,7 +195,12 @@ class Archive:
         candidates = []
         for item in found:
             series_uid, modality = str(_first(item, SERIES_UID)), str(_first(item, MODALITY))
-            metadata = self.series_metadata(study_uid, series_uid) if modality == "CT" else []
+            try:
+                metadata = self.series_metadata(study_uid, series_uid) if modality == "CT" else []
+            except InputError:
+                # Orthanc, for one, lists a series filed under two studies but will not read it back.
+                self._refuse_split(study_uid, series_uid)
+                raise
             orientations = [tuple(float(v) for v in _values(m, ORIENTATION)) for m in metadata]
             candidates.append(SeriesCandidate(
                 series_uid=series_uid, number=str(_first(item, SERIES_NUMBER)),
@@ -218,14 +223,18 @@ class Archive:
     def choose(self, study_uid: str) -> SeriesChoice:
         """The series of the study to segment (``series_choice``), checked to lie wholly in this study."""
         choice = choose_series(self.series_candidates(study_uid), study_uid)
-        elsewhere = self._call(f"look for series {choice.series_uid} in other studies",
-                               lambda: self.client.search_for_series(
-                                   search_filters={"SeriesInstanceUID": choice.series_uid}))
+        self._refuse_split(study_uid, choice.series_uid)
+        return choice
+
+    def _refuse_split(self, study_uid: str, series_uid: str) -> None:
+        """An ``InputError`` when the series also has slices filed under another study (a bad StudyInstanceUID on
+        some of them): segmenting the part in this study would silently miss the rest."""
+        elsewhere = self._call(f"look for series {series_uid} in other studies",
+                               lambda: self.client.search_for_series(search_filters={"SeriesInstanceUID": series_uid}))
         others = sorted({str(_first(s, STUDY_UID)) for s in elsewhere} - {study_uid})
         if others:
-            raise InputError(f"series {choice.series_uid} is split across studies {study_uid} and "
-                             f"{', '.join(others)} (slices with another StudyInstanceUID): fix the UIDs in the archive")
-        return choice
+            raise InputError(f"series {series_uid} is split across studies {study_uid} and {', '.join(others)} "
+                             "(slices with another StudyInstanceUID): fix the UIDs in the archive")
 
     def instance_uids(self, study_uid: str, series_uid: str) -> list[str]:
         """The SOP Instance UIDs of a series, sorted: what identifies its content (DICOM UIDs name content)."""

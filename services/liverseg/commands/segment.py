@@ -68,16 +68,24 @@ def segment_folder(source: Path, out: Path, model_bytes: bytes, model_name: str,
     if study.skipped:
         print(f"liverseg segment: warning: {name}: {dicom_read.skipped_line(study.skipped)}", file=sys.stderr)
     done = segment_study(model, hashlib.sha256(model_bytes).hexdigest(), study, out)
-    for file, reason in done["not_written"].items():
-        print(f"liverseg segment: warning: {name}: no {file}: {reason}", file=sys.stderr)
+    not_written = [f"no {', '.join(files)}: {reason}" for reason, files in _by_reason(done["not_written"]).items()]
+    for line in not_written:
+        print(f"liverseg segment: warning: {name}: {line}", file=sys.stderr)
     figures = {"liver_ml": done["figures"]["liver_ml"], "shape": "x".join(map(str, done["figures"]["shape"]))}
     overlays = {f.removeprefix("overlay_").removesuffix(".png"): f for f in done["files"] if f.startswith("overlay_")}
-    not_written = [f"no {file}: {reason}" for file, reason in done["not_written"].items()]
     (out / "report.html").write_text(html_report(f"liverseg segment {name}", [
         ReportEntry(name, figures, overlays)], [f"model: {model_name}", *notes, *not_written]))
     return {"input": str(source), "out": str(out), "model": model_name, "files": [*done["files"], "report.html"],
             **figures, "skipped_files": done["figures"].get("skipped_files", []),
             "not_written": done["not_written"]}
+
+
+def _by_reason(not_written: dict[str, str]) -> dict[str, list[str]]:
+    """File -> reason as reason -> files: one line for the SEG and RTSTRUCT a series without UIDs cannot have."""
+    grouped: dict[str, list[str]] = {}
+    for file, reason in not_written.items():
+        grouped.setdefault(reason, []).append(file)
+    return grouped
 
 
 def main(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ or presentation states. A series can be segmented when it is
 2. single-frame CT Image Storage (Enhanced CT is not read),
 3. not a LOCALIZER (ImageType),
 4. axial: its slice normal within ``AXIAL_MIN_COSINE`` of the patient's feet-head axis (coronal and sagittal
-   reformats are not);
+   reformats, and the rare coronal acquisition, are not);
 
 of those, ImageType ORIGINAL\\PRIMARY series come first (an axial DERIVED series, such as a thick-slab
 reconstruction or a NIfTI converted to DICOM, is chosen only when the study has no original one), and among them
@@ -81,7 +81,7 @@ class SeriesCandidate:
             return "a localizer (ImageType LOCALIZER)"
         plane = self.plane()
         if plane != "axial":
-            return f"{plane} slices, not axial (a reformat)" if plane != "unknown" else "no ImageOrientationPatient"
+            return f"{plane} slices, not axial" if plane != "unknown" else "no ImageOrientationPatient"
         return None
 
     def as_dict(self) -> dict[str, Any]:
