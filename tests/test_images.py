@@ -314,7 +314,8 @@ def container_run(images, weed, tiny_dataset, tmp_path_factory) -> ContainerRun:
     tag = images["images"]["convert"].rsplit(":", 1)[1]
     values = {"registry": "localhost", "tag": tag, "run-id": RUN_SLOT, "case": CASE_SLOT,
               "dataset": "tiny", "profile": "default", "overrides": ";".join(TINY_TRAINING), "max-cases": "0",
-              "model": "champion", "study": f"study_1={study_key}", "bucket": ctr.bucket,
+              "model": "champion", "study": f"study_1={study_key}", "bucket": ctr.bucket, "send-to": "",
+              "archive": "",  # liverseg-watch without an archive: a clean usage error (exit 2)
               "workflow.name": WORKFLOW_NAME, "workflow.status": "Succeeded", "workflow.duration": "321.5",
               "workflow.parameters": json.dumps([{"name": "run-id", "value": RUN}])}
     calls = {(c.workflow, c.template): c for c in container_calls(values)}
