@@ -12,11 +12,12 @@ APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushga
 HELM := .liverseg/tools/helm
 
 .PHONY: help venv tools helm render validate run test test-fast lint bench bench-quality bench-dicom bench-scale \
-  reliability-doc clean images test-images
+  reliability-doc clean images test-images viewer-tools test-viewer
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
 	@echo "make test   - set up, then the whole test suite (starts its own S3 server and tools)"
+	@echo "make test-viewer - the OHIF viewer in headless Chromium on a real Orthanc (installs both; ~3 min)"
 	@echo "make lint   - ruff"
 	@echo "make images - the five stage images localhost/liverseg-<stage>:<version> (buildah/podman; BASE_IMAGE=...)"
 	@echo "make test-images - (re)build the images, then run the pipeline in them as the workflow pods would"
@@ -55,7 +56,7 @@ run: venv
 
 test: venv tools helm
 	$(PY) -m ruff check services workflows tests docker charts
-	$(PY) -m pytest -q -m "not images"
+	$(PY) -m pytest -q -m "not images and not viewer"
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
@@ -114,6 +115,28 @@ IMAGE_ENV = BASE_IMAGE='$(BASE_IMAGE)' BASE_IMAGE_GPU='$(BASE_IMAGE_GPU)' TORCH_
   TORCH_SPEC_GPU='$(TORCH_SPEC_GPU)' IMAGE_TAG='$(IMAGE_TAG)'
 images: venv
 	$(IMAGE_ENV) $(PY) docker/build.py
+
+# The browser test: OHIF's prebuilt app (npm, pinned; its dist/ is all that is served), Debian's Chromium driven
+# by Playwright (pip, in the dev extra; never `playwright install`), Orthanc from `tools`. ~3 min on 2 cores; it
+# refreshes the screenshot in docs/viewer/.
+OHIF_VERSION ?= 3.12.10
+OHIF_DIST := .liverseg/viewer/package/dist
+$(OHIF_DIST)/index.html:
+	@command -v npm >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; \
+	  else echo "install npm (apt-get install npm)" >&2; exit 1; fi; }
+	rm -rf .liverseg/viewer && mkdir -p .liverseg/viewer
+	cd .liverseg/viewer && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null && \
+	  tar xzf ohif-app-$(OHIF_VERSION).tgz && rm ohif-app-$(OHIF_VERSION).tgz
+	test -f $@
+
+viewer-tools:
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "install as root: apt-get install chromium" >&2; exit 1; fi; }
+
+test-viewer: venv tools viewer-tools $(OHIF_DIST)/index.html
+	$(PY) -m pytest -q -m viewer tests/test_viewer.py
 
 # The image tests build (or re-use) the images themselves; under CI=true they install podman/buildah if missing.
 test-images: venv
