@@ -76,6 +76,7 @@ class Orthanc:
         config.update(StorageDirectory=str(storage), IndexDirectory=str(storage), HttpPort=self.port,
                       RemoteAccessAllowed=False, Plugins=[str(DEBIAN_DICOMWEB_PLUGIN)])
         self.root.mkdir(parents=True, exist_ok=True)
+
         (self.root / "orthanc.json").write_text(json.dumps(config, indent=2))
         log = open(self.root / "orthanc.log", "wb")  # noqa: SIM115 (the server's whole life)
         # The deployed file names its user through environment variables, as the cluster's Secret sets them.

@@ -19,6 +19,7 @@ import pytest
 from dicom_helpers import ALLOWED_WARNINGS, dciodvfy, plastimatch_label, rtstruct_label, tcia_files
 from liverseg.imaging import dicom_read
 from model_files import soft_tissue_model
+from viewer_server import TlsFront
 
 pytestmark = pytest.mark.slow
 SEG_STORAGE, RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.481.3"
@@ -43,7 +44,9 @@ def model(tmp_path_factory):
 
 
 def liverseg(env: dict[str, str], *args, tmp=None) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LIVERSEG")} | env
+    # One try per request: the failures below are for good, and five tries would back off for 30 s each.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LIVERSEG")} | {
+        "LIVERSEG_DICOMWEB_RETRY_ATTEMPTS": "1"} | env
     if tmp is not None:
         environ["TMPDIR"] = str(tmp)
     return subprocess.run([sys.executable, "-m", "liverseg", *map(str, args)], capture_output=True, text=True,
@@ -123,3 +126,32 @@ def test_archive_credentials_and_urls_fail_in_one_line_without_the_secret(orthan
     done = liverseg(orthanc.env(), "segment", "http://127.0.0.1:9/dicom-web/studies/1.2.3", "--out",
                     tmp_path / "o", "--model", model)
     assert done.returncode == 1 and "cannot reach the archive" in done.stderr, done.stderr
+
+
+def test_bearer_tokens_and_a_private_ca(orthanc, tmp_path):
+    """A bearer token is sent (Orthanc takes basic only, so it is refused), and never printed; HTTPS to an archive
+    whose certificate a private CA signed works with LIVERSEG_DICOMWEB_CA_BUNDLE and fails in one line without."""
+    model = tmp_path / "never-read.pt"
+    token = {"LIVERSEG_DICOMWEB_TOKEN": "tok-0123456789abcdef"}
+    done = liverseg(token, "segment", orthanc.study_url("1.2.3"), "--out", tmp_path / "o", "--model", model)
+    assert done.returncode == 1 and "refused the credentials (401)" in done.stderr, done.stderr
+    assert "tok-0123456789abcdef" not in done.stderr + done.stdout
+    both = {**orthanc.env(), **token}
+    done = liverseg(both, "segment", orthanc.study_url("1.2.3"), "--out", tmp_path / "o", "--model", model)
+    assert done.returncode == 2 and "not both" in done.stderr, done.stderr
+
+    certificate, key = tmp_path / "ca.pem", tmp_path / "key.pem"  # self-signed: its own CA
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(certificate), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with TlsFront(orthanc.url, certificate, key) as front:
+        url = f"{front.url}/dicom-web/studies/2.25.42"
+        trusted = {**orthanc.env(), "LIVERSEG_DICOMWEB_CA_BUNDLE": str(certificate)}
+        done = liverseg(trusted, "segment", url, "--out", tmp_path / "o", "--model", model)
+        assert done.returncode == 1 and "study 2.25.42 is not in the archive" in done.stderr, done.stderr
+        done = liverseg(orthanc.env(), "segment", url, "--out", tmp_path / "o", "--model", model)
+        assert done.returncode == 1 and "TLS to the archive" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and orthanc.password not in done.stderr
+        missing = {**orthanc.env(), "LIVERSEG_DICOMWEB_CA_BUNDLE": str(tmp_path / "nowhere.pem")}
+        done = liverseg(missing, "segment", url, "--out", tmp_path / "o", "--model", model)
+        assert done.returncode == 2 and "not a file" in done.stderr, done.stderr

@@ -1,11 +1,15 @@
 """The viewer's web server for the browser test, as the cluster's nginx does it (k8s/components/viewer/default.conf):
 OHIF's prebuilt files, the deployed ``app-config.js``, and ``/dicom-web`` and ``/wado`` forwarded to the archive
-with the Host header unchanged (Orthanc builds its BulkDataURI links from it): one origin, so no CORS."""
+with the Host header unchanged (Orthanc builds its BulkDataURI links from it): one origin, so no CORS.
+
+``TlsFront`` is the same forwarding for every path behind HTTPS: the reverse proxy a hospital puts in front of its
+archive, with a certificate of its own CA (Debian's Orthanc resets HTTPS connections here)."""
 
 from __future__ import annotations
 
 import http.client
 import mimetypes
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,9 +26,12 @@ class ViewerServer:
     """Serves ``dist`` (with ``app_config`` as /app-config.js) on 127.0.0.1 and forwards the archive paths to
     ``archive`` (``http://host:port``)."""
 
-    def __init__(self, dist: Path, app_config: Path, archive: str):
+    scheme = "http"
+
+    def __init__(self, dist: Path | None, app_config: Path | None, archive: str):
         upstream = urlsplit(archive)
-        handler = type("Handler", (_Handler,), {"dist": Path(dist).resolve(), "app_config": Path(app_config),
+        handler = type("Handler", (_Handler,), {"dist": Path(dist).resolve() if dist else None,
+                                                 "app_config": app_config,
                                                  "upstream": (upstream.hostname, upstream.port)})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
@@ -32,7 +39,7 @@ class ViewerServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}"
 
     def __enter__(self) -> ViewerServer:
         self.thread.start()
@@ -43,9 +50,21 @@ class ViewerServer:
         self.httpd.server_close()
 
 
+class TlsFront(ViewerServer):
+    """Every request to ``archive``, over HTTPS with ``certificate`` and ``key`` (PEM files)."""
+
+    scheme = "https"
+
+    def __init__(self, archive: str, certificate: Path, key: Path):
+        super().__init__(None, None, archive)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+
+
 class _Handler(BaseHTTPRequestHandler):
-    dist: Path
-    app_config: Path
+    dist: Path | None  # None: forward every path
+    app_config: Path | None
     upstream: tuple[str, int]
 
     def log_message(self, format: str, *args) -> None:
@@ -61,7 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._route()
 
     def _route(self) -> None:
-        if self.path.startswith(FORWARDED):
+        if self.dist is None or self.path.startswith(FORWARDED):
             self._forward()
         else:
             self._static()

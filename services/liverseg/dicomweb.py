@@ -12,6 +12,7 @@ ConfigMap ``liverseg-dicomweb-ca``), never from a URL or a flag, and are registe
     LIVERSEG_DICOMWEB_USERNAME, LIVERSEG_DICOMWEB_PASSWORD     HTTP basic
     LIVERSEG_DICOMWEB_TOKEN                                     or a bearer token
     LIVERSEG_DICOMWEB_CA_BUNDLE                                 PEM file of a private CA that signs the archive's TLS
+    LIVERSEG_DICOMWEB_RETRY_ATTEMPTS                            tries per request (default 5, backing off 1-16 s)
 
 Failures: the archive unreachable, answering with server errors or refusing the credentials is an
 ``ArchiveError`` (exit 1, retried); a study or series it does not have, a study with nothing to segment, or a series
@@ -50,6 +51,8 @@ ENV_USERNAME = "LIVERSEG_DICOMWEB_USERNAME"
 ENV_PASSWORD = "LIVERSEG_DICOMWEB_PASSWORD"
 ENV_TOKEN = "LIVERSEG_DICOMWEB_TOKEN"
 ENV_CA_BUNDLE = "LIVERSEG_DICOMWEB_CA_BUNDLE"
+ENV_RETRY_ATTEMPTS = "LIVERSEG_DICOMWEB_RETRY_ATTEMPTS"
+DEFAULT_RETRY_ATTEMPTS = 5  # dicomweb-client's: about 30 s of an archive restarting or unreachable
 _STUDY_URL = re.compile(r"^(?P<root>https?://[^/?#]+(?:/[^?#]*?)?)/studies/(?P<uid>[0-9.]+)/?$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Attribute tags as QIDO-RS/WADO-RS JSON names them.
@@ -123,6 +126,15 @@ class ArchiveCredentials:
         return cls(username, password, token, ca_bundle)
 
 
+def _retry_attempts() -> int:
+    value = os.environ.get(ENV_RETRY_ATTEMPTS, "")
+    if not value:
+        return DEFAULT_RETRY_ATTEMPTS
+    if not value.isdigit() or int(value) < 1:
+        raise SettingsError(f"{ENV_RETRY_ATTEMPTS} must be a whole number of at least 1 (got {value!r})")
+    return int(value)
+
+
 def _first(item: dict[str, Any], tag: str, default: Any = "") -> Any:
     values = (item.get(tag) or {}).get("Value") or []
     return values[0] if values else default
@@ -132,17 +144,31 @@ def _values(item: dict[str, Any], tag: str) -> list[Any]:
     return list((item.get(tag) or {}).get("Value") or [])
 
 
+def _archive_session(ca_bundle: str | None):
+    import requests
+
+    class ArchiveSession(requests.Session):
+        """A session that verifies the archive against ``ca_bundle`` when one is given. Plain requests would let
+        REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE in the environment win over ``Session.verify``."""
+
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if ca_bundle:
+                settings["verify"] = ca_bundle
+            return settings
+
+    return ArchiveSession()
+
+
 class Archive:
     """One DICOMweb root, with the environment's credentials."""
 
     def __init__(self, root: str, credentials: ArchiveCredentials | None = None):
-        import requests
         from dicomweb_client import DICOMwebClient
 
         self.root = check_root(root)
         credentials = credentials or ArchiveCredentials.from_env()
-        session = requests.Session()
-        session.verify = credentials.ca_bundle or True
+        session = _archive_session(credentials.ca_bundle)
         headers = {}
         if credentials.username:
             session.auth = (credentials.username, credentials.password)
@@ -152,6 +178,8 @@ class Archive:
             headers["Authorization"] = f"Bearer {credentials.token}"
         self.client: DICOMwebClient = DICOMwebClient(self.root, session=session, headers=headers or None,
                                                      timeout=(10, 300))
+        # The client retries connection failures and 429/503/504 answers itself, backing off exponentially.
+        self.client.set_http_retry_params(max_attempts=_retry_attempts())
         self._metadata: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     def _call(self, what: str, fn: Callable[[], T], missing: str | None = None) -> T:
