@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from liverseg.errors import ArchiveError, InputError, SettingsError, UsageError
 from liverseg.imaging.series_choice import SeriesCandidate, SeriesChoice, choose_series, most_common
 from liverseg.logs import register_secret
+from liverseg.settings import ENV_DICOMWEB_PASSWORD, ENV_DICOMWEB_TOKEN
 
 if TYPE_CHECKING:
     from dicomweb_client import DICOMwebClient
@@ -48,8 +49,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENV_USERNAME = "LIVERSEG_DICOMWEB_USERNAME"
-ENV_PASSWORD = "LIVERSEG_DICOMWEB_PASSWORD"
-ENV_TOKEN = "LIVERSEG_DICOMWEB_TOKEN"
+ENV_PASSWORD = ENV_DICOMWEB_PASSWORD
+ENV_TOKEN = ENV_DICOMWEB_TOKEN
 ENV_CA_BUNDLE = "LIVERSEG_DICOMWEB_CA_BUNDLE"
 ENV_RETRY_ATTEMPTS = "LIVERSEG_DICOMWEB_RETRY_ATTEMPTS"
 DEFAULT_RETRY_ATTEMPTS = 5  # dicomweb-client's: about 30 s of an archive restarting or unreachable

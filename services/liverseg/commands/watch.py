@@ -35,11 +35,12 @@ from pydantic import BaseModel
 
 from liverseg import layout
 from liverseg import manifest as mf
+from liverseg.graph import MASK
 
 __all__ = ["StudyRecord", "WatchState", "add_arguments", "archive_id", "main", "watch"]
 
 log = logging.getLogger(__name__)
-STEP = "infer"
+STEP = MASK.step  # the infer step, whose manifests say what became of each study
 
 
 def archive_id(root: str) -> str:
