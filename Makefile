@@ -7,17 +7,18 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CASES ?= 16
 PROFILE ?= default
-APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushgateway openssl
+APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushgateway openssl orthanc orthanc-dicomweb
 # helm for the chart tests: a pinned static build, fetched once into the ignored tool cache (charts/fetch_helm.py).
 HELM := .liverseg/tools/helm
 
 .PHONY: help venv lock tools helm render validate run test check lint bench bench-quality bench-dicom bench-scale \
-  reliability-doc clean images test-images bench-msd bench-segment
+  reliability-doc clean images test-images bench-msd bench-segment viewer-tools test-viewer
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
 	@echo "make test   - set up, then the whole test suite (starts its own S3 server and tools)"
 	@echo "make check  - ruff, mypy and the fast tests (about two minutes)"
+	@echo "make test-viewer - the OHIF viewer in headless Chromium on a real Orthanc (installs both; ~3 min)"
 	@echo "make lint   - ruff"
 	@echo "make images - the five stage images localhost/liverseg-<stage>:<version> (buildah/podman; BASE_IMAGE=...)"
 	@echo "make test-images - (re)build the images, then run the pipeline in them as the workflow pods would"
@@ -46,10 +47,12 @@ lock: venv
 
 venv: $(VENV)/.installed
 
-# Reference tools the tests compare against (dcm2niix, dciodvfy, plastimatch) and the Pushgateway.
+# Reference tools the tests compare against (dcm2niix, dciodvfy, plastimatch), the Pushgateway, and Orthanc with
+# its DICOMweb plugin (the PACS of the DICOMweb tests).
 tools:
-	@missing=""; for t in dcm2niix dciodvfy plastimatch prometheus-pushgateway promtool openssl; do \
+	@missing=""; for t in dcm2niix dciodvfy plastimatch prometheus-pushgateway promtool openssl Orthanc; do \
 	  command -v $$t >/dev/null || missing=1; done; \
+	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $(APT_TOOLS) >/dev/null; \
@@ -63,13 +66,13 @@ run: venv
 test: venv tools helm
 	$(PY) -m ruff check services workflows tests docker charts
 	$(PY) -m mypy
-	$(PY) -m pytest -q -m "not images and not msd"
+	$(PY) -m pytest -q -m "not images and not msd and not viewer"
 
 # Lint, types and the fast tests: the loop while working (about two minutes on 2 cores).
 check: venv
 	$(PY) -m ruff check services workflows tests docker charts
 	$(PY) -m mypy
-	$(PY) -m pytest -q -x -m "not slow and not images and not msd"
+	$(PY) -m pytest -q -x -m "not slow and not images and not msd and not viewer"
 
 # Both profiles on 36 fixed phantoms, the same training budget each (BUDGET_S seconds; ~40 min in all on 2 cores).
 BUDGET_S ?= 900
@@ -136,6 +139,28 @@ IMAGE_ENV = BASE_IMAGE='$(BASE_IMAGE)' BASE_IMAGE_GPU='$(BASE_IMAGE_GPU)' TORCH_
   TORCH_SPEC_GPU='$(TORCH_SPEC_GPU)' IMAGE_TAG='$(IMAGE_TAG)'
 images: venv
 	$(IMAGE_ENV) $(PY) docker/build.py
+
+# The browser test: OHIF's prebuilt app (npm, pinned; its dist/ is all that is served), Debian's Chromium driven
+# by Playwright (pip, in the dev extra; never `playwright install`), Orthanc from `tools`. ~3 min on 2 cores; it
+# refreshes the screenshot in docs/viewer/.
+OHIF_VERSION ?= 3.12.10
+OHIF_DIST := .liverseg/viewer/package/dist
+$(OHIF_DIST)/index.html:
+	@command -v npm >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; \
+	  else echo "install npm (apt-get install npm)" >&2; exit 1; fi; }
+	rm -rf .liverseg/viewer && mkdir -p .liverseg/viewer
+	cd .liverseg/viewer && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null && \
+	  tar xzf ohif-app-$(OHIF_VERSION).tgz && rm ohif-app-$(OHIF_VERSION).tgz
+	test -f $@
+
+viewer-tools:
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "install as root: apt-get install chromium" >&2; exit 1; fi; }
+
+test-viewer: venv tools viewer-tools $(OHIF_DIST)/index.html
+	$(PY) -m pytest -q -m viewer tests/test_viewer.py
 
 # The image tests build (or re-use) the images themselves; under CI=true they install podman/buildah if missing.
 test-images: venv

@@ -1,7 +1,9 @@
-"""Shared fixtures: a real S3 server (weed mini on free loopback ports), buckets per test, synthetic data.
+"""Shared fixtures: a real S3 server (weed mini on free loopback ports), buckets per test, synthetic data, and a real
+PACS (Orthanc with DICOMweb, authentication on) for the archive tests.
 
 No S3 mocks: every store test talks SigV4 to a real server. The server starts once per session (~1 s) and each
-test gets its own bucket, so tests cannot see each other's objects.
+test gets its own bucket, so tests cannot see each other's objects. The same holds for the archive: Orthanc starts
+once per session (~1 s), and each test makes studies of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def weed(tmp_path_factory) -> EmbeddedStore:
     server = EmbeddedStore(root=tmp_path_factory.mktemp("weed"), s3_port=find_free_s3_port())
     server.up()
+    yield server
+    server.down()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    from archive_tools import Orthanc
+
+    server = Orthanc(tmp_path_factory.mktemp("orthanc")).up()
     yield server
     server.down()
 

@@ -118,3 +118,57 @@ def nifti_to_dicom(image, label, patient_id: str, uid_namespace: str, out: Path,
 
     encode_case(image, label, SeriesInfo(patient_id=patient_id, uid_namespace=uid_namespace),
                 created=created).write(Path(out))
+
+
+def centres_inside(points: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """(rows, columns): the voxel centres inside one closed polygon of (column, row) points, by the even-odd rule
+    (a crossing at a vertex counts once: half-open edges)."""
+    inside = np.zeros((rows, columns), dtype=bool)
+    x0, y0 = points[:, 0], points[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    centres = np.arange(columns)
+    for row in range(max(0, int(np.floor(y0.min()))), min(rows, int(np.ceil(y0.max())) + 1)):
+        crossing = (y0 <= row) != (y1 <= row)
+        xs = x0[crossing] + (row - y0[crossing]) * (x1[crossing] - x0[crossing]) / (y1[crossing] - y0[crossing])
+        inside[row] = (np.sum(xs[:, None] < centres[None, :], axis=0) % 2).astype(bool)
+    return inside
+
+
+def rtstruct_label(rtstruct: pydicom.Dataset, slices: list[pydicom.Dataset], roi_number: int = 1) -> np.ndarray:
+    """An RT Structure Set ROI read back onto its CT slices (in ``slices`` order) as a label (i, j, k) = (column,
+    row, slice): each contour goes to the slice its ContourImageSequence names, in that slice's pixel grid, and a
+    voxel is inside when an odd number of the slice's contours enclose its centre (nested contours are holes)."""
+    first = slices[0]
+    label = np.zeros((int(first.Columns), int(first.Rows), len(slices)), dtype=bool)
+    index = {str(ds.SOPInstanceUID): k for k, ds in enumerate(slices)}
+    roi = next(r for r in rtstruct.ROIContourSequence if int(r.ReferencedROINumber) == roi_number)
+    for contour in getattr(roi, "ContourSequence", []):
+        k = index[str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)]
+        ds = slices[k]
+        points = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
+        offset = points - np.array([float(v) for v in ds.ImagePositionPatient])
+        along_row = np.array([float(v) for v in ds.ImageOrientationPatient[:3]])
+        along_column = np.array([float(v) for v in ds.ImageOrientationPatient[3:]])
+        delta_row, delta_column = (float(v) for v in ds.PixelSpacing)
+        assert np.allclose(offset @ np.cross(along_row, along_column), 0, atol=1e-3), "contour off its slice"
+        indices = np.stack([offset @ along_row / delta_column, offset @ along_column / delta_row], axis=1)
+        label[:, :, k] ^= centres_inside(indices, int(ds.Rows), int(ds.Columns)).T
+    return label
+
+
+def plastimatch_label(rtstruct: Path, ct_folder: Path, work: Path, xor: bool = True) -> np.ndarray:
+    """plastimatch's rasterisation of the structure set's first ROI on the CT (``--xor-contours``: nested contours
+    are holes), as a label (i, j, k) in the CT's column, row, slice order (slices ascending along the normal)."""
+    if shutil.which("plastimatch") is None:
+        raise AssertionError("plastimatch is missing: run 'make tools'")
+    out = Path(work) / "plastimatch"
+    args = ["plastimatch", "convert", "--input", str(rtstruct), "--referenced-ct", str(ct_folder),
+            "--output-prefix", str(out), *(["--xor-contours"] if xor else [])]
+    subprocess.run(args, check=True, capture_output=True, timeout=600)
+    (mha,) = out.glob("*.mha")
+    head, _, data = mha.read_bytes().partition(b"ElementDataFile = LOCAL\n")
+    fields = dict(line.split(" = ", 1) for line in head.decode().splitlines() if " = " in line)
+    assert [float(v) for v in fields["TransformMatrix"].split()] == [1, 0, 0, 0, 1, 0, 0, 0, 1], "axial CT only"
+    assert fields["ElementType"] == "MET_UCHAR"
+    sizes = [int(v) for v in fields["DimSize"].split()]
+    return np.frombuffer(data, dtype=np.uint8).reshape(sizes[::-1]).transpose(2, 1, 0) > 0

@@ -3,10 +3,13 @@
 - dataset.json kinds go through ``liverseg ingest`` (set aside with a reason, the rest uploaded);
 - NIfTI kinds go through the convert stage process (quarantined with a reason, the other cases converted);
 - DICOM kinds go through the infer stage in study mode (a hospital uploads studies to the store) and through
-  ``liverseg dicom to-nifti`` (exit 1, one stderr line, no traceback).
+  ``liverseg dicom to-nifti`` (exit 1, one stderr line, no traceback);
+- archive quirks (several series in a study, a localizer, reformats, no CT, a series split across two studies, a
+  study the archive lacks) go through the infer stage with DICOMweb study URLs against a real Orthanc, and a
+  series without UIDs through ``liverseg segment`` (exit 0: mask, overlays, report; no SEG/RTSTRUCT, and why).
 
 Every case is accounted for: in = ok + quarantined (+ set aside at ingest); lost = 0. Rows go to
-.liverseg/reliability/bad-inputs.json for docs/RELIABILITY.md.
+.liverseg/reliability/bad-inputs.json and archive-inputs.json for docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -365,3 +368,125 @@ def stray_files_are_skipped_and_named(store, env: dict, series: Path, model: str
     details = store.get_json("runs/corpus-strays/infer/strays/_manifest.json")["details"]
     assert sorted(s["file"] for s in details["skipped_files"]) == names
     return rows
+
+
+# -- archive quirks: studies as a PACS holds them, segmented from their DICOMweb URLs by the infer stage ------------
+def _archive_kinds(orthanc, tmp_path: Path) -> list[tuple[str, str, str, str | None]]:
+    """(kind, study URL, what must happen: "ok" or words of the reason, the series description that must be
+    chosen) for each quirk, its studies uploaded to ``orthanc``."""
+    from archive_tools import MR_IMAGE_STORAGE, phantom_volume, scanner_series
+
+    volume, coronal = phantom_volume(21), phantom_volume(22)
+    # The same anatomy seen from the front: a coronal reformat of it (rows along z).
+    coronal = Volume(np.ascontiguousarray(np.transpose(coronal.array, (0, 2, 1))),
+                     coronal.affine @ np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]]))
+    kinds, made = [], {}
+
+    def study(kind: str, expected: str, chosen: str | None, *series) -> None:
+        uid = f"2.25.{7100 + len(kinds)}"
+        for n, (vol, description, image_type, edit) in enumerate(series, start=1):
+            made.setdefault(uid, []).extend(scanner_series(
+                vol, tmp_path / f"archive-{len(kinds)}-{n}", study_uid=uid, patient=f"quirk{len(kinds)}", number=n,
+                description=description, image_type=image_type, edit=edit))
+        kinds.append((kind, orthanc.study_url(uid), expected, chosen))
+
+    def mr(ds, k):
+        ds.Modality, ds.SOPClassUID = "MR", MR_IMAGE_STORAGE
+        ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+
+    thin, thick = phantom_volume(23, (64, 64, 20)), phantom_volume(23, (64, 64, 8))
+    study("localizer, coronal reformat and thick-slab reconstruction beside the axial CT", "ok", "axial",
+          (phantom_volume(24, (64, 64, 1)), "scout", "ORIGINAL\\PRIMARY\\LOCALIZER", None),
+          (volume, "axial", "ORIGINAL\\PRIMARY\\AXIAL", None),
+          (coronal, "coronal MPR", "DERIVED\\SECONDARY\\REFORMATTED", None),
+          (thick, "axial 5 mm MIP", "DERIVED\\SECONDARY\\AXIAL", None))
+    study("two original axial series", "ok", "thin", (thick, "thick", "ORIGINAL\\PRIMARY\\AXIAL", None),
+          (thin, "thin", "ORIGINAL\\PRIMARY\\AXIAL", None))
+    study("only a derived axial series (a NIfTI converted to DICOM)", "ok", "derived",
+          (volume, "derived", "DERIVED\\SECONDARY\\AXIAL", None))
+    study("no CT in the study (MR only)", "no axial CT series to segment", None,
+          (volume, "mr", "ORIGINAL\\PRIMARY\\AXIAL", mr))
+    study("a localizer only", "a localizer", None,
+          (phantom_volume(25, (64, 64, 2)), "scout", "ORIGINAL\\PRIMARY\\LOCALIZER", None))
+    study("a coronal acquisition only", "coronal slices, not axial", None,
+          (coronal, "coronal", "ORIGINAL\\PRIMARY\\OTHER", None))
+    split_to = "2.25.7199"
+
+    def split(ds, k):
+        if k % 2:  # every other slice carries another StudyInstanceUID: the archive files it in another study
+            ds.StudyInstanceUID = split_to
+    study("a series split across two studies by a bad StudyInstanceUID", "split across studies", None,
+          (volume, "axial", "ORIGINAL\\PRIMARY\\AXIAL", split))
+    kinds.append(("a study the archive does not have", orthanc.study_url("2.25.7198"), "is not in the archive", None))
+    for paths in made.values():
+        orthanc.upload(paths)
+    return kinds
+
+
+def _without_uids(series: Path, out: Path) -> Path:
+    """The series as a real scanner export we met: Study, Series, SOP Instance and SOP Class UIDs empty strings."""
+    out.mkdir()
+    for path in sorted(series.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = ds.SOPInstanceUID = ds.SOPClassUID = ""
+        ds.save_as(out / path.name)
+    return out
+
+
+def test_archive_quirks_and_a_series_without_uids_are_handled_and_none_is_lost(orthanc, store, store_env,
+                                                                               tiny_dataset, good_case, tmp_path):
+    env = {**store_env, **orthanc.env()}
+    model = store.put_bytes("models-under-test/untrained.pt", to_bytes({
+        "format": "liverseg.model/v1", "state_dict": build_unet().state_dict(),
+        "profile": load_profile("default", environ={}).model_dump(mode="json")}))
+    kinds = _archive_kinds(orthanc, tmp_path)
+    done = liverseg(env, "infer", "--run-id", "corpus-archive", "--model", model.key,
+                    *(a for _, url, _, _ in kinds for a in ("--study", url)))
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = []
+    for kind, url, expected, chosen in kinds:
+        case = url.rsplit("/", 1)[-1]
+        details = store.get_json(f"runs/corpus-archive/infer/{case}/_manifest.json")["details"]
+        if expected == "ok":
+            assert case in outcome["ok"], (kind, outcome["quarantined"].get(case))
+            series = details["series"]
+            picked = next(c for c in series["candidates"] if c["series_uid"] == series["series_uid"])
+            assert picked["description"] == chosen, (kind, series)
+            seg = store.get_file(f"runs/corpus-archive/infer/{case}/seg.dcm", tmp_path / f"{case}.dcm")
+            assert pydicom.dcmread(seg).ReferencedSeriesSequence[0].SeriesInstanceUID == series["series_uid"]
+            reason = details["series"]["reason"]
+        else:
+            reason = outcome["quarantined"].get(case, "")
+            assert expected in reason and "\n" not in reason, (kind, reason)
+        rows.append({"input": "DICOMweb study", "kind": kind, "handled": True, "where": "infer stage (study URL)",
+                     "reason": reason})
+    assert len(outcome["ok"]) + len(outcome["quarantined"]) == len(kinds)  # none lost
+
+    # A series without UIDs: the mask, overlays and report all the same; no SEG or RTSTRUCT, and why, in one line.
+    image, _ = good_case
+    nifti_to_dicom(Volume(np.asarray(image.dataobj), image.affine), None, "nouids", "ns-no-uids", tmp_path / "src")
+    folder = _without_uids(tmp_path / "src" / "ct", tmp_path / "no-uids")
+    model_file = tmp_path / "model.pt"
+    model_file.write_bytes(store.get_bytes(model.key))
+    done = liverseg(env, "segment", folder, "--out", tmp_path / "no-uids-out", "--model", model_file)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert {"mask.nii.gz", "overlay_axial.png", "report.html"} <= set(result["files"])
+    assert not {"seg.dcm", "rtstruct.dcm"} & set(result["files"])
+    assert set(result["not_written"]) == {"seg.dcm", "rtstruct.dcm"}
+    warning = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "no seg.dcm, rtstruct.dcm: the series has no StudyInstanceUID" in warning[0]
+    assert "Traceback" not in done.stderr
+    rows.append({"input": "DICOM folder", "kind": "series without Study/Series/SOP UIDs (empty strings)",
+                 "handled": True, "where": "segment (exit 0: mask, overlays, report)",
+                 "reason": result["not_written"]["seg.dcm"]})
+    store.upload_dir(folder, "incoming/no_uids")
+    done = liverseg(env, "infer", "--run-id", "corpus-no-uids", "--model", model.key,
+                    "--study", "no_uids=incoming/no_uids/")
+    assert done.returncode == 0 and json.loads(done.stdout.strip().splitlines()[-1])["ok"] == ["no_uids"]
+    details = store.get_json("runs/corpus-no-uids/infer/no_uids/_manifest.json")["details"]
+    assert set(details["not_written"]) == {"seg.dcm", "rtstruct.dcm"}
+    folder = Path(os.environ.get("LIVERSEG_RELIABILITY_DIR", ".liverseg/reliability"))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "archive-inputs.json").write_text(json.dumps({"kinds": rows}, indent=2))

@@ -60,7 +60,7 @@ def test_lint_strict_passes(site, helm_home, tmp_path):
 def test_every_rendered_object_validates(values, helm_home, tmp_path):
     docs = template(helm_home, tmp_path, values)
     argo = [d for d in docs if d["kind"] in ARGO_KINDS]
-    assert sorted(d["kind"] for d in argo) == ["CronWorkflow", "WorkflowTemplate", "WorkflowTemplate"]
+    assert sorted(d["kind"] for d in argo) == ["CronWorkflow"] * 2 + ["WorkflowTemplate"] * 3
     for obj in argo:
         assert argo_errors(obj) == [], obj["metadata"]["name"]
     core = [d for d in docs if d["apiVersion"].partition("/")[0] not in ("argoproj.io", "monitoring.coreos.com")]
@@ -108,7 +108,8 @@ def _comparable(obj: dict[str, Any]) -> dict[str, Any]:
 def test_chart_installs_the_same_objects_as_the_dev_overlay(helm_home, tmp_path):
     dev = by_kind_name(kustomize(REPO / "k8s" / "overlays" / "dev"))
     dev_quota = dev[("ResourceQuota", "liverseg")]["spec"]["hard"]
-    charted = template(helm_home, tmp_path, {"minio": {"enabled": True},
+    charted = template(helm_home, tmp_path, {"minio": {"enabled": True}, "archive": {"enabled": True},
+                                             "viewer": {"enabled": True},
                                              "resourceQuota": {"hard": {"requests.nvidia.com/gpu": None}}})
     charted = by_kind_name([d for d in charted if d["kind"] not in ARGO_KINDS])
     assert charted[("ResourceQuota", "liverseg")]["spec"]["hard"] == dev_quota

@@ -314,7 +314,8 @@ def container_run(images, weed, tiny_dataset, tmp_path_factory) -> ContainerRun:
     tag = images["images"]["convert"].rsplit(":", 1)[1]
     values = {"registry": "localhost", "tag": tag, "run-id": RUN_SLOT, "case": CASE_SLOT,
               "dataset": "tiny", "profile": "default", "overrides": ";".join(TINY_TRAINING), "max-cases": "0",
-              "model": "champion", "study": f"study_1={study_key}", "bucket": ctr.bucket,
+              "model": "champion", "study": f"study_1={study_key}", "bucket": ctr.bucket, "send-to": "",
+              "archive": "",  # liverseg-watch without an archive: a clean usage error (exit 2)
               "workflow.name": WORKFLOW_NAME, "workflow.status": "Succeeded", "workflow.duration": "321.5",
               "workflow.parameters": json.dumps([{"name": "run-id", "value": RUN}])}
     calls = {(c.workflow, c.template): c for c in container_calls(values)}
@@ -334,7 +335,7 @@ def container_run(images, weed, tiny_dataset, tmp_path_factory) -> ContainerRun:
     for step in topological():
         key = ("liverseg-pipeline", step.name)
         call = calls[key]
-        if step.fan_out == "none":
+        if step.covers == "run":
             done, took = run_call(call, ctr.settings, outputs if step.name == "plan" else None)
             record(key, done, took, step.name)
             assert done.returncode == 0, (f"{step.name} failed in its image:\n{done.stderr[-3000:]}\n"
@@ -346,7 +347,7 @@ def container_run(images, weed, tiny_dataset, tmp_path_factory) -> ContainerRun:
         # Per-case steps: one pod per case of the plan's list, two at a time (the workflow's parallelism caps it).
         with ThreadPoolExecutor(max_workers=2) as pool:
             futures = {case: pool.submit(run_call, call, ctr.settings, case=case)
-                       for case in case_lists[step.fan_out]}
+                       for case in case_lists[step.covers]}
             for case, future in futures.items():
                 done, took = future.result()
                 record(key, done, took, f"{step.name}/{case}")

@@ -3,12 +3,17 @@ they provide what the rendered workflows refer to by name, with least privilege 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from cluster_tools import REPO, by_kind_name, kubernetes_validate, kustomize
 
+from liverseg.dicomweb import ENV_PASSWORD, ENV_USERNAME
 from liverseg.settings import ENV_ACCESS_KEY, ENV_ENDPOINT, ENV_PUSHGATEWAY, ENV_SECRET_KEY, STORE_ENV_KEYS
 from liverseg_workflows.cluster import (
+    ARCHIVE_SECRET,
+    ARCHIVE_SECRET_KEYS,
     ARTIFACT_REPOSITORIES_CONFIGMAP,
     ARTIFACT_REPOSITORY_KEY,
     PUSHGATEWAY,
@@ -97,7 +102,10 @@ def test_network_is_denied_by_default_and_opened_per_need(overlay):
     egress_ports = {n: {p["port"] for rule in spec.get("egress", []) for p in rule["ports"]}
                     for n, spec in policies.items() if spec["podSelector"] == workflow}
     assert egress_ports == {"workflow-to-store": {9000}, "workflow-to-pushgateway": {9091},
-                            "workflow-to-kube-api": {443, 6443}}
+                            "workflow-to-kube-api": {443, 6443},
+                            "workflow-to-archive": {8042} if name == "dev" else {443}}
+    archive = policies["workflow-to-archive"]["egress"][0]["to"][0]
+    assert ("podSelector" in archive) == (name == "dev")  # dev: the overlay's Orthanc; hospital: the site's PACS
     assert {p["port"] for p in policies["allow-dns"]["egress"][0]["ports"]} == {53}
     store = policies["workflow-to-store"]["egress"][0]["to"][0]
     assert ("podSelector" in store) == (name == "dev")  # dev: the in-namespace MinIO; hospital: an address range
@@ -125,3 +133,32 @@ def test_every_deployment_runs_non_root_on_a_read_only_filesystem(overlay):
         for c in pod["containers"]:
             assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}, d["metadata"]["name"]
+
+
+def test_dev_deploys_an_archive_and_a_viewer_the_hospital_names_its_own():
+    dev = by_kind_name(kustomize(REPO / "k8s" / "overlays" / "dev"))
+    hospital = by_kind_name(kustomize(REPO / "k8s" / "overlays" / "hospital"))
+    for kind, name in [("Deployment", "liverseg-orthanc"), ("Service", "liverseg-orthanc"),
+                       ("PersistentVolumeClaim", "liverseg-orthanc"), ("ConfigMap", "liverseg-orthanc"),
+                       ("Deployment", "liverseg-viewer"), ("Service", "liverseg-viewer"),
+                       ("ConfigMap", "liverseg-viewer")]:
+        assert (kind, name) in dev and (kind, name) not in hospital, (kind, name)
+    # Orthanc's one user is the archive Secret the workflow pods read; no credential in the manifests.
+    orthanc = dev[("Deployment", "liverseg-orthanc")]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in orthanc["env"]}
+    assert env == {v: {"name": ARCHIVE_SECRET, "key": ARCHIVE_SECRET_KEYS[v]} for v in (ENV_USERNAME, ENV_PASSWORD)}
+    config = json.loads(dev[("ConfigMap", "liverseg-orthanc")]["data"]["orthanc.json"])
+    assert config["AuthenticationEnabled"] is True and config["DicomWeb"]["Enable"] is True
+    assert config["RegisteredUsers"] == {f"${{{ENV_USERNAME}}}": f"${{{ENV_PASSWORD}}}"}
+    # The test suite's Orthanc and the viewer test start from these very files; the chart ships the same bytes.
+    for component, chart in [("archive/orthanc.json", "orthanc.json"), ("viewer/app-config.js", "viewer/app-config.js"),
+                             ("viewer/default.conf", "viewer/default.conf")]:
+        shipped = (REPO / "charts/liverseg/files" / chart).read_bytes()
+        assert (REPO / "k8s/components" / component).read_bytes() == shipped, chart
+    viewer = dev[("ConfigMap", "liverseg-viewer")]["data"]
+    assert "proxy_pass http://liverseg-orthanc:8042" in viewer["default.conf"]
+    assert "qidoRoot: '/dicom-web'" in viewer["app-config.js"]
+    # The workflows of each site point at its archive.
+    assert WorkflowValues.from_yaml(REPO / "k8s/overlays/dev/workflows.yaml").parameters.archive == \
+        "http://liverseg-orthanc:8042/dicom-web"
+    assert "orthanc" not in WorkflowValues.from_yaml(REPO / "k8s/overlays/hospital/workflows.yaml").parameters.archive

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import monai_reference
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
+import monai_reference
 from liverseg.config import load_profile
 from liverseg.data.synth import GridSpec, make_phantom
 from liverseg.errors import InputError

@@ -11,8 +11,8 @@ import signal
 import time
 
 import pytest
-from faults import bucket, contents, finish, prepared, record, server_of_its_own, stage_process
 
+from faults import bucket, contents, finish, prepared, record, server_of_its_own, stage_process
 from liverseg import layout
 
 pytestmark = [pytest.mark.msd, pytest.mark.slow]

@@ -12,8 +12,8 @@ import time
 
 import pytest
 import torch
-from faults import bucket, contents, finish, prepared, record, server_of_its_own, stage_process, wait_for
 
+from faults import bucket, contents, finish, prepared, record, server_of_its_own, stage_process, wait_for
 from liverseg import layout
 
 pytestmark = pytest.mark.slow

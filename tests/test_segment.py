@@ -14,7 +14,7 @@ import pydicom
 import pytest
 import torch
 
-from dicom_helpers import nifti_to_dicom
+from dicom_helpers import dciodvfy, nifti_to_dicom, rtstruct_label
 from liverseg.config import load_profile
 from liverseg.data.synth import GridSpec, make_phantom
 from liverseg.imaging import dicom_read
@@ -51,8 +51,9 @@ def test_dicom_input_gives_mask_seg_overlays_and_report(model_file, tmp_path):
     done = segment(series, "--out", tmp_path / "out", "--model", model_file)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert set(result["files"]) == {"mask.nii.gz", "seg.dcm", "overlay_axial.png", "overlay_coronal.png",
-                                    "overlay_sagittal.png", "report.html"}
+    assert set(result["files"]) == {"mask.nii.gz", "seg.dcm", "rtstruct.dcm", "overlay_axial.png",
+                                    "overlay_coronal.png", "overlay_sagittal.png", "report.html"}
+    assert result["not_written"] == {}
     mask_img = nib.load(tmp_path / "out" / "mask.nii.gz")
     mask = np.asarray(mask_img.dataobj)
     assert mask.any(), "the test model should find some liver"
@@ -67,9 +68,14 @@ def test_dicom_input_gives_mask_seg_overlays_and_report(model_file, tmp_path):
     desc = seg.get_segment_description(1)
     assert desc.segmented_property_type.value == "10200004"  # SNOMED CT: Liver
     assert pydicom.dcmread(tmp_path / "out" / "seg.dcm").Modality == "SEG"
+    # The RT Structure Set: its contours, read back on the same slices, enclose exactly the mask's voxels.
+    rtstruct = pydicom.dcmread(tmp_path / "out" / "rtstruct.dcm")
+    assert rtstruct.StructureSetROISequence[0].ROIName == "Liver"
+    np.testing.assert_array_equal(rtstruct_label(rtstruct, [h.ds for h in ordered]), mask > 0)
     if shutil.which("dciodvfy"):
-        check = subprocess.run(["dciodvfy", str(tmp_path / "out" / "seg.dcm")], capture_output=True, text=True)
-        assert "Error" not in check.stdout + check.stderr, check.stdout + check.stderr
+        for name in ("seg.dcm", "rtstruct.dcm"):
+            errors, _ = dciodvfy(tmp_path / "out" / name)
+            assert errors == [], (name, errors)
     html = (tmp_path / "out" / "report.html").read_text()
     assert "overlay_axial.png" in html and "liver_ml" in html
 

@@ -21,8 +21,12 @@ from liverseg import runner
 from liverseg.cli import main
 from liverseg.graph import CT, GROUP_IMAGE, GROUPS, INFER_IMAGE, PIPELINE, STEPS, SUMMARY, Output, Step
 from liverseg.runner import RunSpec
-from liverseg_workflows import infer, pipeline, retrain
+from liverseg_workflows import infer, pipeline, retrain, watch
 from liverseg_workflows.cluster import (
+    ARCHIVE_CA_CONFIGMAP,
+    ARCHIVE_CA_MOUNT,
+    ARCHIVE_SECRET,
+    ARCHIVE_SECRET_KEYS,
     RUN_AS_USER,
     SERVICE_ACCOUNT,
     SETTINGS_CONFIGMAP,
@@ -220,10 +224,15 @@ def test_a_grouping_that_would_make_a_cycle_is_refused():
 
 def test_infer_template_segments_each_study_with_the_chosen_model():
     wt = render_all()[f"workflowtemplate-{infer.NAME}.yaml"]
-    studies = ["a=incoming/a.nii.gz", "incoming/dicom/b/"]
+    studies = ["a=incoming/a.nii.gz", "incoming/dicom/b/", "https://pacs.example/dicom-web/studies/1.2.3"]
     pods = pods_argo_would_run(wt, {"studies": json.dumps(studies)}, "liverseg-infer-abc", {})
     assert pods.pop(infer.TEMPLATE) == [
-        ["infer", "--run-id", "liverseg-infer-abc", "--model", "champion", "--study", s] for s in studies]
+        ["infer", "--run-id", "liverseg-infer-abc", "--model", "champion", "--study", s, "--send-to", ""]
+        for s in studies]
+    sent = pods_argo_would_run(wt, {"studies": json.dumps(studies[2:]), "send-to": "https://pacs.example/dicom-web"},
+                               "liverseg-infer-abc", {})[infer.TEMPLATE]
+    assert sent == [["infer", "--run-id", "liverseg-infer-abc", "--model", "champion", "--study", studies[2],
+                     "--send-to", "https://pacs.example/dicom-web"]]
     assert set(pods) == {"record-status"}
     assert "value" not in wt["spec"]["arguments"]["parameters"][0]  # studies: required at submission
     assert templates(wt)[infer.TEMPLATE]["container"]["image"].endswith(f"/liverseg-{STEPS['infer'].image.name}:"
@@ -276,7 +285,7 @@ def test_only_promote_holds_the_champion_lock(rendered):
 
 
 def test_retrain_cron_runs_the_pipeline_template_on_the_sites_schedule_one_at_a_time(rendered):
-    (cron,) = objects(rendered, "CronWorkflow").values()
+    cron = objects(rendered, "CronWorkflow")[retrain.NAME]
     spec = cron["spec"]
     assert "schedule" not in spec and spec["schedules"] and all(len(s.split()) == 5 for s in spec["schedules"])
     assert spec["concurrencyPolicy"] == "Forbid"
@@ -321,7 +330,8 @@ def test_every_pod_is_locked_down_and_gets_its_settings_by_reference(rendered):
 # -- contract helper, values, chart copy, CLI --------------------------------------------------------------------
 CONTRACT_VALUES = {"registry": "localhost", "tag": "dev", "run-id": "r1", "case": "liver_0", "dataset": "tiny",
                    "profile": "default", "overrides": "", "max-cases": "0", "model": "champion",
-                   "study": "s=incoming/s.nii.gz", "bucket": "liverseg", "workflow.name": "wf",
+                   "study": "s=incoming/s.nii.gz", "bucket": "liverseg", "send-to": "", "archive": "http://pacs/dw",
+                   "workflow.name": "wf",
                    "workflow.status": "Succeeded", "workflow.duration": "1.5", "workflow.parameters": "[]"}
 
 
@@ -331,7 +341,8 @@ def test_container_calls_give_each_templates_image_and_command_with_values_fille
     train = calls[(pipeline.NAME, "train")]
     assert train.image == "localhost/liverseg-train:dev"
     assert train.command == ["liverseg"] and train.args == ["train", "--run-id", "r1"]
-    assert calls[(infer.NAME, infer.TEMPLATE)].args[-2:] == ["--study", "s=incoming/s.nii.gz"]
+    assert calls[(infer.NAME, infer.TEMPLATE)].args[-4:] == ["--study", "s=incoming/s.nii.gz", "--send-to", ""]
+    assert calls[(watch.NAME, watch.WATCH)].args[:3] == ["watch", "--archive", "http://pacs/dw"]
     assert train.env["LIVERSEG_BUCKET"] == "liverseg" and "LIVERSEG_S3_SECRET_KEY" not in train.env
     for call in calls.values():
         assert "{{" not in " ".join([call.image, *call.args, *call.env.values()])
@@ -393,3 +404,58 @@ def test_the_liverseg_command_starts_in_a_stage_image_without_the_ops_extra():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "--workflow" in done.stdout
+
+
+# -- the hospital loop: liverseg-watch ----------------------------------------------------------------------------
+def test_watch_fans_out_to_the_infer_templates_pod_in_the_run_the_watch_names(rendered):
+    wt = objects(rendered, "WorkflowTemplate")[watch.NAME]
+    segment = templates(objects(rendered, "WorkflowTemplate")[infer.NAME])[infer.TEMPLATE]
+    dag = {t["name"]: t for t in templates(wt)[watch.ENTRYPOINT]["dag"]["tasks"]}
+    fan_out = dag[infer.TEMPLATE]
+    assert fan_out["templateRef"] == {"name": infer.NAME, "template": infer.TEMPLATE}  # by reference, not a copy
+    assert fan_out["depends"] == watch.WATCH
+    assert fan_out["withParam"] == "{{tasks.watch.outputs.parameters.studies}}"
+    passed = {a["name"]: a["value"] for a in fan_out["arguments"]["parameters"]}
+    assert set(passed) == {p["name"] for p in segment["inputs"]["parameters"]}
+    assert passed["run-id"] == "{{tasks.watch.outputs.parameters.run-id}}" and passed["study"] == "{{item}}"
+    # The referenced template reads these workflow parameters: the watch workflow must have them.
+    used = set(re.findall(r"\{\{workflow\.parameters\.([\w-]+)\}\}", json.dumps(segment)))
+    declared = {p["name"] for p in wt["spec"]["arguments"]["parameters"]}
+    assert used <= declared, used - declared
+    watcher = templates(wt)[watch.WATCH]
+    assert watcher["container"]["args"][:3] == ["watch", "--archive", "{{workflow.parameters.archive}}"]
+    assert {p["name"]: p["valueFrom"]["path"] for p in watcher["outputs"]["parameters"]} == {
+        "studies": "/tmp/outputs/studies.json", "run-id": "/tmp/outputs/run-id"}
+    assert "onExit" not in wt["spec"]
+    cron = objects(rendered, "CronWorkflow")[watch.NAME]["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid"
+    assert cron["workflowSpec"] == {"workflowTemplateRef": {"name": watch.NAME}}
+    assert all(len(s.split()) == 5 for s in cron["schedules"])
+
+
+def test_only_the_pods_that_talk_to_the_archive_get_its_credentials_and_they_by_reference(rendered):
+    archive_pods = {(infer.NAME, infer.TEMPLATE), (watch.NAME, watch.WATCH)}
+    for wt in objects(rendered, "WorkflowTemplate").values():
+        for template in (t for t in wt["spec"]["templates"] if "container" in t):
+            env = {e["name"]: e for e in template["container"]["env"]}
+            talks = (wt["metadata"]["name"], template["name"]) in archive_pods
+            assert (set(ARCHIVE_SECRET_KEYS) <= set(env)) == talks, template["name"]
+            if not talks:
+                assert not set(ARCHIVE_SECRET_KEYS) & set(env)
+                continue
+            for var, key in ARCHIVE_SECRET_KEYS.items():
+                assert env[var] == {"name": var, "valueFrom": {"secretKeyRef": {
+                    "name": ARCHIVE_SECRET, "key": key, "optional": True}}}
+            assert {"name": ARCHIVE_CA_CONFIGMAP, "mountPath": ARCHIVE_CA_MOUNT, "readOnly": True} in \
+                template["container"]["volumeMounts"]
+
+
+def test_site_values_set_the_archive_and_the_watch_schedule():
+    dev, hospital = (render_all(site_values(s)) for s in ("dev", "hospital"))
+    for rendered, archive in ((dev, "http://liverseg-orthanc:8042/dicom-web"),
+                              (hospital, "https://pacs.hospital.example/dicom-web")):
+        wt = objects(rendered, "WorkflowTemplate")[watch.NAME]
+        defaults = {p["name"]: p["value"] for p in wt["spec"]["arguments"]["parameters"]}
+        assert defaults["archive"] == defaults["send-to"] == archive
+        assert objects(rendered, "CronWorkflow")[watch.NAME]["spec"]["suspend"] is False
+    assert objects(render_all(), "CronWorkflow")[watch.NAME]["spec"]["suspend"] is True  # no archive named yet

@@ -44,7 +44,10 @@ COMMANDS: tuple[Command, ...] = (
             long_running=False),
     Command("synth", "liverseg.commands.synth", "write a synthetic data set in the MSD Task03_Liver layout"),
     Command("ingest", "liverseg.commands.ingest", "upload an MSD Task03_Liver folder to the store"),
-    Command("segment", "liverseg.commands.segment", "segment one study (DICOM folder or NIfTI) into a folder"),
+    Command("segment", "liverseg.commands.segment", "segment one study (DICOM folder, NIfTI or DICOMweb study URL) "
+                                                    "into a folder"),
+    Command("watch", "liverseg.commands.watch", "which new CT studies of a DICOMweb archive to segment (once each)",
+            logs_json=True, long_running=False),
     Command("models", "liverseg.commands.models", "list, inspect, promote or roll back registered models",
             long_running=False),
     Command("dicom", "liverseg.commands.dicom", "DICOM tools: to-nifti, from-nifti, group (no store needed)",

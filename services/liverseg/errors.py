@@ -4,8 +4,9 @@ Two families, and what each means for a person or a scheduler:
 
 - the data is bad (``InputError``): pure imaging and ML code raises it with a message about the data (it does not
   know which case it works on); a stage edge adds the case and the file, sets the case aside and goes on;
-- the work cannot be done now (``CannotRun`` and its kinds: the store, a missing upstream step, completed output
-  that differs, the registry, the embedded store): exit 1, and the workflow's retry strategy tries again;
+- the work cannot be done now (``CannotRun`` and its kinds: the store, the archive, a missing upstream step,
+  completed output that differs, the registry, the embedded store): exit 1, and the workflow's retry strategy
+  tries again;
 - the request is wrong (``UsageError`` and its kinds: a profile or override, the store settings, a data set folder,
   a command's arguments): exit 2, never retried, since a retry would only repeat it.
 
@@ -16,8 +17,8 @@ retry expression (exit 1 = transient) all rely on it.
 from __future__ import annotations
 
 __all__ = [
-    "EXIT_FAILED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CannotRun", "CaseFailed",
-    "ConfigError", "ConflictError", "ContractError", "DatasetError", "EmbeddedStoreError", "InputError",
+    "EXIT_FAILED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "ArchiveError", "CannotRun",
+    "CaseFailed", "ConfigError", "ConflictError", "ContractError", "DatasetError", "EmbeddedStoreError", "InputError",
     "RegistryError", "SettingsError", "StageError", "StoreError", "UsageError", "exit_code",
 ]
 
@@ -69,6 +70,10 @@ class StoreError(CannotRun):
 
 class RegistryError(CannotRun):
     """The model registry cannot do what was asked (no such version, no champion, the champion moved)."""
+
+
+class ArchiveError(CannotRun):
+    """The DICOMweb archive (PACS) is unreachable, failing, or refuses the credentials (as the store: exit 1)."""
 
 
 class EmbeddedStoreError(CannotRun):

@@ -27,8 +27,8 @@ from liverseg import layout
 __all__ = [
     "ARRAYS", "CHECKPOINTS", "CONVERT_IMAGE", "CT", "DATASET", "DEFAULT_RESOURCES", "GROUPS", "GROUP_IMAGE",
     "IMAGES", "INFER_IMAGE", "MASK", "METRICS", "MODEL", "OVERLAYS", "PIPELINE", "PLAN", "PREPROCESS_IMAGE",
-    "REGISTRY", "REPORT", "SEG", "SEGMENTATION", "SOURCE", "STEPS", "SUMMARY", "TRAIN_IMAGE", "VOLUME", "Covers",
-    "Image", "Output", "Resources", "Step", "topological",
+    "REGISTRY", "REPORT", "RTSTRUCT", "SEG", "SEGMENTATION", "SOURCE", "STEPS", "SUMMARY", "TRAIN_IMAGE", "VOLUME",
+    "Covers", "Image", "Output", "Resources", "Step", "topological",
 ]
 
 Covers = Literal["run", "cases", "test"]
@@ -113,6 +113,7 @@ METRICS = Output("train", "metrics", "metrics.json", per_case=False)   # per-epo
 MASK = Output("infer", "mask", "mask.nii.gz")                           # uint8 on the study's own grid
 OVERLAYS = Output("infer", "overlays", "overlay_*.png")                # axial, coronal, sagittal
 SEGMENTATION = Output("infer", "segmentation", "seg.dcm")               # DICOM studies: the mask as DICOM SEG
+RTSTRUCT = Output("infer", "rtstruct", "rtstruct.dcm")                  # DICOM studies: liver contours (RT)
 SUMMARY = Output("evaluate", "summary", "summary.json", per_case=False)
 REPORT = Output("evaluate", "report", "report.html", per_case=False)
 REGISTRY = Output("promote", "registry", "*", per_case=False, root="models")
@@ -180,7 +181,7 @@ PIPELINE: tuple[Step, ...] = (
          reads=(PLAN, ARRAYS), writes=(MODEL, METRICS, CHECKPOINTS),
          resources=Resources(cpu="4", memory="32Gi", gpu=True, shm="8Gi")),
     Step("infer", INFER_IMAGE, "segment held-out studies; masks on their original grid, Dice", covers="test",
-         reads=(PLAN, SOURCE, MODEL), writes=(MASK, OVERLAYS, SEGMENTATION),
+         reads=(PLAN, SOURCE, MODEL), writes=(MASK, OVERLAYS, SEGMENTATION, RTSTRUCT),
          resources=Resources(cpu="2", memory="8Gi")),
     Step("evaluate", INFER_IMAGE, "held-out scores -> the run's summary",
          reads=(PLAN, MODEL, MASK, OVERLAYS), writes=(SUMMARY, REPORT)),

@@ -7,6 +7,8 @@
     runs/<run>/<stage>/_manifest.json                 written last by whole-run stages (plan, train, evaluate)
     runs/<run>/quarantine/<stage>/<case>.json         why a case was set aside
     models/<version>/...                              registered models; models/champion.json points at one
+    watch/<archive>/state.json                        the watch loop's watermark for one DICOMweb archive
+    watch/<archive>/studies/<study>.json              each study it found: submitted, done or set aside, and why
 """
 
 from __future__ import annotations
@@ -55,3 +57,8 @@ def model_prefix(version: str) -> str:
 
 
 CHAMPION_KEY = "models/champion.json"
+
+
+def watch_prefix(archive: str) -> str:
+    """Where ``liverseg watch`` keeps what it knows of one archive (``archive``: an id derived from its URL)."""
+    return f"watch/{check_id('archive', archive)}"

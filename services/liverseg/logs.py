@@ -16,14 +16,14 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
-from liverseg.settings import ENV_SECRET_KEY
+from liverseg.settings import ENV_DICOMWEB_PASSWORD, ENV_DICOMWEB_TOKEN, ENV_SECRET_KEY
 
 _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("liverseg_log_context",
                                                                                   default=None)
 _secrets: set[str] = set()
 # Attributes every LogRecord has; anything else came in through ``extra=`` and is emitted as a field.
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-ENV_SECRET_ENVS = ("LIVERSEG_ARGO_TOKEN", ENV_SECRET_KEY)
+ENV_SECRET_ENVS = ("LIVERSEG_ARGO_TOKEN", ENV_SECRET_KEY, ENV_DICOMWEB_PASSWORD, ENV_DICOMWEB_TOKEN)
 
 
 def register_secret(value: str | None) -> None:
@@ -66,7 +66,7 @@ def configure(level: str | None = None, **context: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("LIVERSEG_LOG_LEVEL", "INFO"))
     # Third-party chatter (urllib3 retries, MONAI deprecations) stays at warning level.
-    for noisy in ("urllib3", "monai", "highdicom", "pydicom", "nibabel", "PIL"):
+    for noisy in ("urllib3", "monai", "highdicom", "pydicom", "nibabel", "PIL", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Python warnings would reach stderr as plain text: route them through logging (one JSON line each).
     logging.captureWarnings(True)

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from liverseg import layout, logs
 from liverseg import manifest as mf
 from liverseg.config import Profile, profile_from_dict
-from liverseg.errors import CaseFailed, ConflictError, ContractError, InputError, StageError
+from liverseg.errors import CannotRun, CaseFailed, ConflictError, ContractError, InputError, StageError
 from liverseg.graph import PLAN, SOURCE, Output, Step
 from liverseg.metrics import StageMetrics
 from liverseg.store import ObjectRef, ObjectStore, StoreError
@@ -299,7 +299,7 @@ def run_cases(stage: CaseStage, ctx: StageContext, cases: Iterable[str]) -> Stag
             log.info("case started", extra={"progress": f"{n}/{len(cases)}"})
             try:
                 run_case(stage, ctx, case, outcome)
-            except (StageError, ConflictError, ContractError):
+            except (CannotRun, ContractError):  # the stage cannot go on now (archive, registry, upstream): exit 1
                 raise
             except Exception as exc:
                 if _is_store_failure(exc):

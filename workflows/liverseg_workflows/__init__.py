@@ -6,6 +6,7 @@
     templates.py  a graph step as a container template; exit handler; shared workflow spec
     pipeline.py   WorkflowTemplate liverseg-pipeline        infer.py    WorkflowTemplate liverseg-infer
     retrain.py    CronWorkflow liverseg-retrain             monitoring.py  Argo metrics and alert rules
+    watch.py      WorkflowTemplate + CronWorkflow liverseg-watch (new archive studies -> liverseg-infer's pod)
     render.py     ``liverseg workflows render``             contract.py    container commands for image tests
     submit.py     ``liverseg submit``                       preflight.py   ``liverseg preflight``
     status.py     ``liverseg record-status`` (the exit handler; no Hera or Kubernetes imports)

@@ -6,6 +6,7 @@ names (tests check both), and ``liverseg preflight`` looks for them. Plain const
 
 from __future__ import annotations
 
+from liverseg.dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USERNAME
 from liverseg.settings import ENV_ACCESS_KEY, ENV_SECRET_KEY
 
 SERVICE_ACCOUNT = "liverseg-workflow"
@@ -20,6 +21,15 @@ SETTINGS_CONFIGMAP = "liverseg-settings"
 # pod when it exists; set LIVERSEG_S3_CA_BUNDLE to STORE_CA_MOUNT + "/ca.crt" in SETTINGS_CONFIGMAP to use it.
 STORE_CA_CONFIGMAP = "liverseg-store-ca"
 STORE_CA_MOUNT = "/etc/liverseg/store-ca"
+# The DICOMweb archive's credentials (docs/OPERATIONS.md), created by the user; every key optional: basic
+# (username + password) or bearer (token), or none for an archive that needs none. The dev overlay's Orthanc reads
+# its one user from the same Secret. Only the pods that talk to the archive (segment-study, watch) get them.
+ARCHIVE_SECRET = "liverseg-dicomweb"
+ARCHIVE_SECRET_KEYS: dict[str, str] = {ENV_USERNAME: "username", ENV_PASSWORD: "password", ENV_TOKEN: "token"}
+# Optional: the CA of an archive whose TLS certificate a private CA signed (key ca.crt), mounted on those pods; set
+# LIVERSEG_DICOMWEB_CA_BUNDLE to ARCHIVE_CA_MOUNT + "/ca.crt" in SETTINGS_CONFIGMAP to use it.
+ARCHIVE_CA_CONFIGMAP = "liverseg-dicomweb-ca"
+ARCHIVE_CA_MOUNT = "/etc/liverseg/dicomweb-ca"
 # Argo's artifact repository (pod logs are archived there, so podGC can delete pods that succeeded).
 ARTIFACT_REPOSITORIES_CONFIGMAP = "artifact-repositories"
 ARTIFACT_REPOSITORY_KEY = "liverseg"

@@ -29,6 +29,10 @@ from hera.workflows.models import (
 
 from liverseg.settings import ENV_BUCKET, ENV_HOME, ENV_WORKFLOW
 from liverseg_workflows.cluster import (
+    ARCHIVE_CA_CONFIGMAP,
+    ARCHIVE_CA_MOUNT,
+    ARCHIVE_SECRET,
+    ARCHIVE_SECRET_KEYS,
     RUN_AS_USER,
     SETTINGS_CONFIGMAP,
     STORE_CA_CONFIGMAP,
@@ -78,6 +82,15 @@ def store_env() -> list[Env | SecretEnv]:
             Env(name=ENV_HOME, value=f"{TMP}/liverseg")]
 
 
+def archive_access() -> dict[str, list]:
+    """Template fields of a pod that talks to the DICOMweb archive: its credentials, each an optional key of the
+    Secret (values never in a template), and its private CA when the site has one (an optional ConfigMap)."""
+    return {"env": [SecretEnv(name=var, secret_name=ARCHIVE_SECRET, secret_key=key, optional=True)
+                    for var, key in ARCHIVE_SECRET_KEYS.items()],
+            "volumes": [ConfigMapVolume(name=ARCHIVE_CA_CONFIGMAP, mount_path=ARCHIVE_CA_MOUNT, read_only=True,
+                                        optional=True)]}
+
+
 # Transient failures are worth another pod: Argo-level errors (node lost, pod evicted or deleted) and exit code 1
 # (the stage could not run: store unreachable after its own retries). Exit code 2 is a usage or configuration
 # error that a retry would only repeat. Stages are idempotent (manifests), and train resumes from its checkpoint.
@@ -91,13 +104,13 @@ def liverseg_container(name: str, image_name: str, args: Sequence[str], inputs: 
     """A container template running ``liverseg ARGS`` in a stage image, hardened, with the store settings.
 
     ``inputs`` are the template's input parameter names; ``template`` passes any other Hera template field
-    (resources, outputs, retries, GPU scheduling, metrics, extra volumes).
+    (resources, outputs, retries, GPU scheduling, metrics, extra volumes and environment variables).
     """
     volumes = [EmptyDirVolume(name="tmp", mount_path=TMP),
                ConfigMapVolume(name=STORE_CA_CONFIGMAP, mount_path=STORE_CA_MOUNT, read_only=True, optional=True),
                *template.pop("volumes", [])]
     return Container(name=name, image=image(image_name), command=[ENTRYPOINT], args=list(args),
-                     inputs=[Parameter(name=n) for n in inputs], env=store_env(),
+                     inputs=[Parameter(name=n) for n in inputs], env=[*store_env(), *template.pop("env", [])],
                      env_from=[ConfigMapEnvFrom(name=SETTINGS_CONFIGMAP)],
                      security_context=container_security_context(), volumes=volumes,
                      **template)

@@ -31,9 +31,11 @@ def render_all(values=None) -> dict[str, dict[str, Any]]:
     from liverseg_workflows.pipeline import pipeline_template
     from liverseg_workflows.retrain import retrain_cron
     from liverseg_workflows.values import WorkflowValues
+    from liverseg_workflows.watch import watch_cron, watch_template
 
     values = values or WorkflowValues()
-    argo = [pipeline_template(values).to_dict(), infer_template(values).to_dict(), retrain_cron(values).to_dict()]
+    argo = [pipeline_template(values).to_dict(), infer_template(values).to_dict(), retrain_cron(values).to_dict(),
+            watch_template(values).to_dict(), watch_cron(values).to_dict()]
     rule = prometheus_rule(values.namespace)
     return {**{file_name(o): o for o in argo}, f"monitoring/{file_name(rule)}": rule}
 

@@ -4,6 +4,7 @@
     export LIVERSEG_ARGO_TOKEN="$(argo auth token)"         # or a ServiceAccount token; never a flag value
     liverseg submit pipeline --dataset Task03_Liver --epochs 50 --watch
     liverseg submit infer --study ct-0001=incoming/ct-0001.nii.gz --study incoming/dicom/ct-0002/
+    liverseg submit infer --study https://pacs.example/dicom-web/studies/1.2.3 --send-to https://pacs.example/dicom-web
 
 Only the parameters given are sent; the template's defaults fill in the rest. ``--watch`` follows the workflow
 until it ends and exits 0 only if it succeeded.
@@ -29,7 +30,7 @@ ENV_VERIFY_TLS = "LIVERSEG_ARGO_VERIFY_TLS"
 FINISHED = ("Succeeded", "Failed", "Error")
 # Flags that set a pipeline parameter of the same name (dashes as in the template).
 PIPELINE_FLAGS = ("run-id", "dataset", "profile", "epochs", "max-cases", "gpus", "bucket", "registry", "tag")
-INFER_FLAGS = ("run-id", "model", "bucket", "registry", "tag")
+INFER_FLAGS = ("run-id", "model", "send-to", "bucket", "registry", "tag")
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pipeline.add_argument("--gpus", type=int, help="GPUs for the training pod")
     infer = kinds.add_parser("infer", help="segment studies with a model (liverseg-infer)")
     infer.add_argument("--study", action="append", required=True, metavar="[NAME=]KEY",
-                       help="a NIfTI object or a prefix with one DICOM series (repeatable)")
+                       help="a NIfTI object, a prefix with one DICOM series or a DICOMweb study URL (repeatable)")
     infer.add_argument("--model", help="'champion' (the template's default), a version or a model key")
+    infer.add_argument("--send-to", metavar="ROOT", help="DICOMweb root that receives each study's SEG and RTSTRUCT")
     for sub in (pipeline, infer):
         sub.add_argument("--run-id", help="run id (default: the workflow's name); an existing one resumes it")
         sub.add_argument("--bucket", help="store bucket")

@@ -36,6 +36,10 @@ class Parameters(_Document):
     max_cases: str = Field("0", alias="max-cases", description="use only the first N cases (0: all)")
     gpus: str = Field("1", description=f"{GPU_RESOURCE} per training pod")
     model: str = Field("champion", description="model for liverseg-infer: 'champion', a version or a model key")
+    send_to: str = Field("", alias="send-to", description="DICOMweb root that receives each study's SEG and "
+                                                          "RTSTRUCT (liverseg-infer, liverseg-watch); empty: none")
+    archive: str = Field("", description="DICOMweb root liverseg-watch asks for new CT studies, e.g. "
+                                         "https://pacs.example/dicom-web")
 
     @field_validator("*", mode="before")
     @classmethod
@@ -71,6 +75,15 @@ class Retrain(_Document):
     suspend: bool = False
 
 
+class Watch(_Document):
+    """The ``liverseg-watch`` CronWorkflow (its archive is the ``archive`` parameter). Suspended by default: a site
+    names its archive first."""
+
+    schedules: tuple[str, ...] = ("*/5 * * * *",)
+    timezone: str = "UTC"
+    suspend: bool = True
+
+
 class WorkflowValues(_Document):
     namespace: str = "liverseg"
     # At most this many pods of one workflow run at once (per-case steps fan out over every case).
@@ -78,6 +91,7 @@ class WorkflowValues(_Document):
     parameters: Parameters = Parameters()
     gpu: GpuScheduling = GpuScheduling()
     retrain: Retrain = Retrain()
+    watch: Watch = Watch()
 
     @classmethod
     def from_yaml(cls, path: Path) -> WorkflowValues:
