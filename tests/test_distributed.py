@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 CPU = torch.device("cpu")
 PROFILE = load_profile("default", environ={}, overrides=[
     "train.epochs=4", "train.patch=[32,32,32]", "train.val_interval=1", "train.lr=0.01",
-    "train.samples_per_volume=1", "train.iterations_per_epoch=3"])
+    "train.samples_per_volume=2", "train.iterations_per_epoch=3"])
 
 
 def units(n: int, offset: int = 0) -> list[Sample]:

@@ -13,7 +13,15 @@ from monai.transforms.utils import map_binary_to_indices
 
 from liverseg.config import load_profile
 from liverseg.errors import ConfigError
-from liverseg.ml.loader import EveryVoxel, LiverIndicesd, batches, draw_order, rank_seed, training_dataset
+from liverseg.ml.loader import (
+    EveryVoxel,
+    LiverIndicesd,
+    batches,
+    draw_order,
+    rank_seed,
+    share_of_batch,
+    training_dataset,
+)
 from liverseg.ml.modelfile import from_bytes, to_bytes
 from liverseg.ml.training import Sample, Trainer, TrainState
 
@@ -66,13 +74,21 @@ def test_cached_cases_draw_the_patches_monai_draws_without_a_cache():
         assert torch.equal(y, torch.stack([p["label"].as_tensor() for p in patches]).float())
 
 
-def test_an_epoch_is_one_pass_or_a_fixed_number_of_batches():
-    assert draw_order(5, 2, None, 1, 3) == np.random.default_rng(3).permutation(5).tolist()
-    assert len(draw_order(5, 2, None, 2, 3, pass_length=6)) == 6  # the smaller share repeats one unit
-    order = draw_order(3, 2, 10, 1, 3)
+def test_an_epoch_is_one_pass_or_a_fixed_number_of_steps():
+    assert draw_order(5, 2, None, 3) == np.random.default_rng(3).permutation(5).tolist()
+    order = draw_order(3, 2, 10, 3)
     assert len(order) == 20 and set(Counter(order).values()) <= {6, 7}  # every unit as often, ±1
-    assert len(draw_order(3, 2, 10, 4, 3)) == 6  # 10 batches over 4 processes: 3 each
     assert rank_seed(11, 0) == 11 and len({rank_seed(11, r) for r in range(4)}) == 4
+
+
+def test_processes_split_each_steps_patches():
+    assert share_of_batch(1, 2, 1) == (1, 2)
+    assert share_of_batch(1, 2, 2) == (1, 1)   # default profile, 2 processes: one patch each
+    assert share_of_batch(2, 4, 2) == (1, 4)   # gpu profile: one volume's 4 patches each
+    assert share_of_batch(2, 4, 8) == (1, 1)
+    assert share_of_batch(4, 2, 2) == (2, 2)
+    with pytest.raises(ConfigError, match=r"the 8 patches of a step .* do not split evenly"):
+        share_of_batch(2, 4, 3)
 
 
 def test_loader_workers_are_seeded_by_epoch_and_worker():

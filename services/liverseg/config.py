@@ -68,7 +68,7 @@ class SplitConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(100, ge=1)
     time_budget_s: float | None = Field(None, gt=0, description="stop after the epoch that passes this wall time")
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, description="volumes per step (their patches split among the processes)")
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     amsgrad: bool = True
@@ -78,8 +78,8 @@ class TrainConfig(_Section):
     patch: tuple[int, int, int] | None = Field(None, description="random patch size, or none for whole inputs")
     samples_per_volume: int = Field(1, ge=1)
     iterations_per_epoch: int | None = Field(
-        None, ge=1, description="batches per epoch, whatever the number of cases (with N processes each takes 1/N "
-                                "of them); none: one pass over the training units")
+        None, ge=1, description="steps per epoch, whatever the number of cases; none: one pass over the "
+                                "training units")
     augment: bool = Field(False, description="intensity: random scale (±10%) and shift (±0.05) of the 0..1 image")
     noise_std: float = Field(0.0, ge=0, description="gaussian noise of this standard deviation (0..1 scale) on 15% "
                                                      "of patches; 0: none")

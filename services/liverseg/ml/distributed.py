@@ -29,8 +29,8 @@ import torch.distributed as dist
 from liverseg.errors import EXIT_FAILED, CannotRun
 
 __all__ = [
-    "COLLECTIVE_TIMEOUT_S", "RankFailed", "Ranks", "broadcast_flag", "gather", "interleave", "launch", "max_of",
-    "mean_of", "sync_buffers",
+    "COLLECTIVE_TIMEOUT_S", "RankFailed", "Ranks", "broadcast_flag", "gather", "interleave", "launch", "mean_of",
+    "sum_of", "sync_buffers",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,9 +212,9 @@ def mean_of(values: Sequence[float], device: torch.device) -> float:
     return float(total[0] / total[1])
 
 
-def max_of(value: int, device: torch.device) -> int:
+def sum_of(value: int, device: torch.device) -> int:
     total = _tensor([value], device)
-    dist.all_reduce(total, op=dist.ReduceOp.MAX)
+    dist.all_reduce(total)
     return int(total[0])
 
 

@@ -28,9 +28,10 @@ from monai.data.utils import worker_init_fn
 from torch.utils.data import DataLoader
 
 from liverseg.config import TrainConfig
+from liverseg.errors import ConfigError
 
 __all__ = ["EveryVoxel", "LiverIndicesd", "batches", "collate_patches", "draw_order", "rank_seed",
-           "training_dataset"]
+           "share_of_batch", "training_dataset"]
 
 FG_KEY, BG_KEY = "fg_indices", "bg_indices"
 NOISE_PROB = 0.15  # nnU-Net's probability for gaussian noise
@@ -114,27 +115,40 @@ def rank_seed(epoch_seed: int, rank: int) -> int:
     return epoch_seed if rank == 0 else int(np.random.SeedSequence([epoch_seed, rank]).generate_state(1)[0] >> 1)
 
 
-def draw_order(units: int, batch_size: int, iterations: int | None, world_size: int, seed: int,
-               pass_length: int | None = None) -> list[int]:
-    """The units one process draws in an epoch, in order. Every process of a run gets as many batches, as
-    data-parallel training needs.
+def share_of_batch(batch_size: int, samples_per_volume: int, world_size: int) -> tuple[int, int]:
+    """(volumes, patches per volume) one of ``world_size`` processes takes of a step's ``batch_size`` volumes x
+    ``samples_per_volume`` patches: every step trains on the same number of patches whatever the number of
+    processes (as one process would), N processes taking 1/N of them each.
+
+    Raises:
+        ConfigError: the patches of a step do not split evenly among the processes.
+    """
+    patches = batch_size * samples_per_volume
+    if patches % world_size:
+        raise ConfigError(f"train.processes {world_size}: the {patches} patches of a step (train.batch_size "
+                          f"{batch_size} x train.samples_per_volume {samples_per_volume}) do not split evenly")
+    share = patches // world_size
+    volumes = max(1, batch_size // world_size)
+    return (volumes, share // volumes) if share % volumes == 0 else (1, share)
+
+
+def draw_order(units: int, batch_size: int, steps: int | None, seed: int) -> list[int]:
+    """The units one process draws in an epoch, in order.
 
     Args:
         units: training units this process holds (at least one).
-        batch_size: units per batch.
-        iterations: batches per epoch over all processes (each takes ceil(iterations / world_size)), or None for one
-            pass over the units.
-        world_size: training processes.
+        batch_size: units this process draws per step.
+        steps: steps in the epoch (every process of a run takes as many), or None for exactly one pass over the
+            units (a single process; the last batch may be smaller).
         seed: this process's seed for the epoch (``rank_seed``).
-        pass_length: with ``iterations`` None, draws in one pass: the largest process's units (default ``units``),
-            so that a process holding one unit fewer repeats one.
     """
-    wanted = (pass_length or units) if iterations is None else math.ceil(iterations / world_size) * batch_size
     rng = np.random.default_rng(seed)
+    if steps is None:
+        return rng.permutation(units).tolist()
     order: list[int] = []
-    while len(order) < wanted:  # one permutation after another: every unit as often as the others, ±1
+    while len(order) < steps * batch_size:  # one permutation after another: every unit as often as the others, ±1
         order += rng.permutation(units).tolist()
-    return order[:wanted]
+    return order[:steps * batch_size]
 
 
 def _plain(value: Any) -> torch.Tensor:

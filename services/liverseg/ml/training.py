@@ -2,7 +2,8 @@
 
 Batches come from the input pipeline (``loader``), streamed while the device trains. With several processes
 (``distributed``) each holds its share of the units and trains one replica (PyTorch DDP: gradients averaged every
-step); the loss, validation and model selection are computed over all of them, the same on every rank.
+step) on its share of every step's patches; the loss, validation and model selection are computed over all of them,
+the same on every rank.
 
 Reproducibility: every epoch re-seeds torch, numpy and the MONAI transforms from (seed, epoch) (and the rank and
 loader worker), so resuming from a checkpoint taken after epoch k replays epochs k+1… exactly as an uninterrupted
@@ -33,7 +34,7 @@ from liverseg.config import InferConfig, TrainConfig
 from liverseg.errors import ConfigError
 from liverseg.ml import distributed
 from liverseg.ml.distributed import Ranks
-from liverseg.ml.loader import batches, draw_order, rank_seed, training_dataset
+from liverseg.ml.loader import batches, draw_order, rank_seed, share_of_batch, training_dataset
 from liverseg.ml.metrics import dice, seed_style_dice
 from liverseg.ml.model import build_unet, memory_format
 
@@ -224,10 +225,17 @@ class Trainer:
         started = time.monotonic() - state.elapsed_s
         if state.epoch and self.cfg.time_budget_s and state.elapsed_s >= self.cfg.time_budget_s:
             return state  # resumed from the budget's last checkpoint: training was over
-        dataset = training_dataset([s.image for s in train], [s.label for s in train], self.cfg)
-        # One pass over the units: as many batches on every rank (a rank that holds one unit fewer repeats one).
-        pass_length = distributed.max_of(len(train), self.device) if ranks.distributed else None
-        has_val = distributed.max_of(len(val), self.device) > 0 if ranks.distributed else bool(val)
+        # Each step trains on batch_size x samples_per_volume patches whatever the number of processes, so N
+        # processes make the same optimisation steps as one, N times faster on N devices; each takes its share.
+        local = self.cfg
+        steps = self.cfg.iterations_per_epoch
+        if ranks.distributed:
+            volumes, patches = share_of_batch(self.cfg.batch_size, self.cfg.samples_per_volume, ranks.world_size)
+            local = self.cfg.model_copy(update={"batch_size": volumes, "samples_per_volume": patches})
+            # One pass over all ranks' units takes as many steps as in one process; each rank repeats its own.
+            steps = steps or math.ceil(distributed.sum_of(len(train), self.device) / self.cfg.batch_size)
+        dataset = training_dataset([s.image for s in train], [s.label for s in train], local)
+        has_val = distributed.sum_of(len(val), self.device) > 0 if ranks.distributed else bool(val)
         resumed_at, clock = state.epoch, time.monotonic()
         for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
             t0 = time.monotonic()
@@ -237,16 +245,15 @@ class Trainer:
                 group["lr"] = self._lr(epoch)
             model.train()
             draws = rank_seed(seed, ranks.rank)
-            order = draw_order(len(train), self.cfg.batch_size, self.cfg.iterations_per_epoch, ranks.world_size,
-                               draws, pass_length)
-            steps, losses, shown = math.ceil(len(order) / self.cfg.batch_size), [], time.monotonic()
-            for x, y in batches(dataset, order, self.cfg, draws, self.device):
+            order = draw_order(len(train), local.batch_size, steps, draws)
+            in_epoch, losses, shown = math.ceil(len(order) / local.batch_size), [], time.monotonic()
+            for x, y in batches(dataset, order, local, draws, self.device):
                 losses.append(self.step(model, optimizer, x, y))
                 if lead and time.monotonic() - shown >= PROGRESS_EVERY_S:
                     shown = time.monotonic()
                     rate = (shown - t0) / len(losses)  # seconds per step in this epoch
-                    log.info("training", extra={"epoch": epoch, "step": f"{len(losses)}/{steps}",
-                                                "eta": _eta(rate * ((self.cfg.epochs - epoch + 1) * steps
+                    log.info("training", extra={"epoch": epoch, "step": f"{len(losses)}/{in_epoch}",
+                                                "eta": _eta(rate * ((self.cfg.epochs - epoch + 1) * in_epoch
                                                                     - len(losses)))})
             loss = distributed.mean_of(losses, self.device) if ranks.distributed else float(np.mean(losses))
             record: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": self._lr(epoch)}

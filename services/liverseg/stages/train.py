@@ -5,7 +5,7 @@ Writes runs/<run>/train/checkpoints/epoch_NNNN.pt          full state every N ep
        runs/<run>/train/metrics.json                      per-epoch loss, validation Dice, seconds
        runs/<run>/train/model.pt                          the selected model: weights + profile + provenance
 
-With ``train.processes`` (or ``--processes``) N > 1 it trains N data-parallel processes (``ml.distributed``): this
+With ``train.processes`` (or ``--gpus``) N > 1 it trains N data-parallel processes (``ml.distributed``): this
 one is rank 0 and the only one with the store, so only it writes; the others read their share of the downloaded
 arrays from the work folder.
 """
@@ -28,6 +28,7 @@ from liverseg.config import InferConfig, TrainConfig
 from liverseg.errors import CaseFailed, ConfigError, ConflictError, StageError
 from liverseg.graph import ARRAYS, CHECKPOINTS, METRICS, MODEL, STEPS
 from liverseg.ml.distributed import Ranks, launch
+from liverseg.ml.loader import share_of_batch
 from liverseg.ml.model import pick_device
 from liverseg.ml.modelfile import from_bytes, model_payload, to_bytes
 from liverseg.ml.training import Sample, Trainer, TrainState
@@ -81,13 +82,17 @@ class TrainStage:
     """Whole-run stage: one process trains on every train case, validates on every val case. Cases set aside
     upstream are listed in the record, not used."""
 
-    def __init__(self, resume: str = "auto", device: str | None = None, processes: int | None = None,
+    def __init__(self, resume: str = "auto", device: str | None = None, gpus: int | None = None,
                  loader_workers: int | None = None):
         self.resume = resume
-        self.device = pick_device(device)
+        # The pod's shape, when the workflow gives it, overrides train.processes and train.loader_workers: one
+        # process per GPU; none, one process on the CPU.
+        self.device = torch.device("cpu") if gpus == 0 and device is None else pick_device(device)
         self.excluded: dict[str, str] = {}
-        # The pod's shape, when the workflow gives it: they override train.processes and train.loader_workers.
-        self.shape = {k: v for k, v in (("processes", processes), ("loader_workers", loader_workers)) if v is not None}
+        shape = {"processes": max(gpus, 1) if gpus is not None else None, "loader_workers": loader_workers}
+        self.shape = {k: v for k, v in shape.items() if v is not None}
+        if gpus and self.device.type != "cuda":
+            raise ConfigError(f"--gpus {gpus}: this machine has no CUDA device (torch {torch.__version__})")
 
     def inputs(self, ctx: StageContext) -> dict[str, ObjectRef]:
         refs: dict[str, ObjectRef] = {}
@@ -146,6 +151,7 @@ class TrainStage:
         units = {part: len(files) for part, files in parts.items()}
         if world > units["train"]:
             raise ConfigError(f"train.processes {world}: more processes than training units ({units['train']})")
+        share_of_batch(train_cfg.batch_size, train_cfg.samples_per_volume, world)  # refused before any rank starts
         if self.device.type == "cuda" and world > torch.cuda.device_count():
             raise ConfigError(f"train.processes {world}: one GPU per process, and {torch.cuda.device_count()} "
                               "are visible")
@@ -221,12 +227,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     resume.add_argument("--no-resume", dest="resume", action="store_const", const="never",
                         help="ignore checkpoints and train from scratch")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--processes", type=_at_least(1), default=None, metavar="N",
-                        help="data-parallel processes, one per GPU (default: the profile's train.processes)")
+    parser.add_argument("--gpus", type=_at_least(0), default=None, metavar="N",
+                        help="the GPUs this pod has: a data-parallel process on each; 0: one process on the CPU "
+                             "(default: the profile's train.processes, on cuda when available)")
     parser.add_argument("--loader-workers", type=_at_least(0), default=None, metavar="N",
                         help="input-pipeline workers per process (default: the profile's train.loader_workers)")
 
 
 def main(args: argparse.Namespace) -> int:
-    return run_step(STEP, args, TrainStage(resume=args.resume, device=args.device, processes=args.processes,
+    return run_step(STEP, args, TrainStage(resume=args.resume, device=args.device, gpus=args.gpus,
                                            loader_workers=args.loader_workers))
