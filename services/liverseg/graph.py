@@ -183,7 +183,7 @@ PIPELINE: tuple[Step, ...] = (
          reads=(PLAN, SOURCE, MODEL), writes=(MASK, OVERLAYS, SEGMENTATION),
          resources=Resources(cpu="2", memory="8Gi")),
     Step("evaluate", INFER_IMAGE, "held-out scores -> the run's summary",
-         reads=(PLAN, MODEL, MASK, OVERLAYS), writes=(SUMMARY, REPORT)),
+         reads=(PLAN, MODEL, METRICS, MASK, OVERLAYS), writes=(SUMMARY, REPORT)),
     Step("promote", INFER_IMAGE, "register the model; it becomes champion only if not worse on the same held-out "
                                  "cases",
          reads=(PLAN, SOURCE, MODEL, SUMMARY), writes=(REGISTRY,),
