@@ -12,7 +12,7 @@ APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushga
 HELM := .liverseg/tools/helm
 
 .PHONY: help venv tools helm render validate run test test-fast lint bench bench-quality bench-dicom bench-scale \
-  reliability-doc clean images test-images
+  bench-train bench-gpu reliability-doc clean images test-images
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
@@ -26,6 +26,8 @@ help:
 	@echo "make bench-quality - seed vs default held-out Dice under the same CPU budget -> bench-results/quality.json"
 	@echo "make bench-dicom - our DICOM<->NIfTI vs dcm2niix and plastimatch on the TCIA series -> bench-results/dicom.json"
 	@echo "make bench-scale - convert/group/preprocess over 10, 50, 200 cases: s/case, peak RSS -> bench-results/scale.json"
+	@echo "make bench-train - input pipeline vs train step, step vs a bare MONAI loop, 2 vs 1 processes -> bench-results/train.json"
+	@echo "make bench-gpu - the gpu profile on a CUDA machine: step, pipeline, 1-2 GPUs, inference -> bench-results/gpu.json"
 	@echo "make reliability-doc - fault and bad-input tests, then docs/RELIABILITY.md from their records"
 
 $(VENV)/.installed: pyproject.toml
@@ -61,7 +63,7 @@ test-fast: venv
 # Both profiles on 36 fixed phantoms, the same training budget each (BUDGET_S seconds; ~40 min in all on 2 cores).
 BUDGET_S ?= 900
 # Every benchmark, one after another (about an hour on 2 cores; run on an otherwise idle machine).
-bench: bench-dicom bench-scale bench-quality
+bench: bench-dicom bench-scale bench-train bench-quality
 
 bench-quality: venv
 	$(PY) tests/bench/quality.py --budget-s $(BUDGET_S)
@@ -84,6 +86,16 @@ validate: venv tools helm
 # convert -> group -> preprocess over 10, 50 and 200 phantoms: s/case and peak RSS -> bench-results/scale.json.
 bench-scale: venv
 	$(PY) tests/bench/scale.py --sizes 10 50 200 --workers 2
+
+# The training input pipeline's patches/s (0, 1, 2 workers) against what the step consumes, our step against a bare
+# MONAI loop, 2 gloo processes against 1, workers a GPU node needs (~10 min on 2 cores) -> bench-results/train.json.
+bench-train: venv
+	$(PY) tests/bench/train.py --out bench-results/train.json
+
+# On a CUDA machine (TORCH_SPEC with a CUDA build): the gpu profile's step (fp32, AMP), its pipeline with workers,
+# 1 and 2 GPUs, inference on a 512x512x400 study -> bench-results/gpu.json. Runs on a CPU too, slowly.
+bench-gpu: venv
+	$(PY) tests/bench/gpu.py --out bench-results/gpu.json
 
 # DICOM -> NIfTI vs dcm2niix and NIfTI -> DICOM vs plastimatch on the 134-slice TCIA series in ../shared/data
 # (DICOM_SERIES=dir for another), whole processes, median of interleaved runs -> bench-results/dicom.json.

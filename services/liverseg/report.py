@@ -102,6 +102,8 @@ def _panel(points: list[tuple[float, float]], key: str, title: str, x0: float, w
               for v, y in ((v_hi, top + 8), (v_lo, height - bottom))]
     parts += [f'<text x="{x}" y="{height - 10}" font-size="10" text-anchor="middle">{e:g}</text>'
               for e, x in ((e_lo, x0 + left), (e_hi, x0 + width - right))]
+    parts.append(f'<text x="{x0 + (left + width - right) / 2:.0f}" y="{height - 10}" font-size="10" '
+                 'text-anchor="middle">epoch</text>')
     return "".join(parts)
 
 

@@ -17,6 +17,7 @@ import multiprocessing.connection
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -90,6 +91,7 @@ def _rank_main(ranks: Ranks, parent: int, device_type: str, init_method: str, fo
     """A spawned rank: join the group, run ``target(ranks, *args)``; a failure is logged, left in ``folder`` for
     the launcher to name, and ends the process with exit code 1."""
     _stop_with(parent)
+    code = 0
     try:
         _init_group(ranks, device_type, init_method, timeout_s)
         target(ranks, *args)
@@ -97,9 +99,15 @@ def _rank_main(ranks: Ranks, parent: int, device_type: str, init_method: str, fo
         reason = f"{type(exc).__name__}: {exc}"
         Path(folder, f"rank{ranks.rank}.error").write_text(reason)
         log.error("training rank failed", extra={"rank": ranks.rank, "error": reason})
-        sys.exit(EXIT_FAILED)
+        code = EXIT_FAILED
     finally:
         _end_group()
+    # Done: end here rather than in the interpreter's teardown, which can abort on threads the communication
+    # library still holds ("terminate called without an active exception": it would read as a crash).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _Watcher(threading.Thread):
@@ -170,8 +178,10 @@ def launch(world_size: int, device_type: str, folder: Path, rank0: Callable[[Ran
     try:
         _init_group(Ranks(0, world_size), device_type, init_method, timeout_s)
         result = rank0(Ranks(0, world_size))
-        if not watcher.all_exited.wait(JOIN_TIMEOUT_S):
-            watcher.failed.wait(2.0)
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while not (watcher.all_exited.is_set() or watcher.failed.is_set()) and time.monotonic() < deadline:
+            watcher.all_exited.wait(0.1)
+        if not watcher.all_exited.is_set():
             late = sorted(r for r, c in children.items() if c.is_alive())
             raise RankFailed(watcher.failure or f"training ranks {late} still ran {JOIN_TIMEOUT_S:g} s after rank 0")
         return result

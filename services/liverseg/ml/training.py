@@ -194,6 +194,16 @@ class Trainer:
             hard, soft = (distributed.interleave(distributed.gather(values)) for values in (hard, soft))
         return {"val_dice": float(np.mean(hard)), "val_seed_soft": float(np.mean(soft))}
 
+    def replica(self, net: torch.nn.Module) -> torch.nn.Module:
+        """``net`` as this rank trains it: wrapped in DDP (gradients averaged over the ranks at every step) when
+        there are several, else as it is."""
+        if not self.ranks.distributed:
+            return net
+        # 1x1x1 kernels in channels_last_3d: their gradients' strides differ from DDP's bucket views only in size-1
+        # dimensions (the same memory layout), which DDP reports as a possible slowdown on every rank.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        return DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     def _threads(self) -> None:
         """CPU threads: the configured number, else (several processes) an even share of the cores."""
         if self.cfg.num_threads or self.ranks.distributed:
@@ -214,12 +224,7 @@ class Trainer:
         state = state or self.new_state()
         net = build_unet().to(self.device).to(memory_format=self.fmt)
         net.load_state_dict(state.model)
-        model: torch.nn.Module = net
-        if ranks.distributed:
-            # 1x1x1 kernels in channels_last_3d: their gradients' strides differ from DDP's bucket views only in
-            # size-1 dimensions (the same memory layout), which DDP reports as a possible slowdown on every rank.
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            model = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        model = self.replica(net)
         optimizer = self._optimizer(net)
         optimizer.load_state_dict(state.optimizer)
         started = time.monotonic() - state.elapsed_s
