@@ -12,7 +12,7 @@ APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushga
 HELM := .liverseg/tools/helm
 
 .PHONY: help venv lock tools helm render validate run test check lint bench bench-quality bench-dicom bench-scale \
-  reliability-doc clean images test-images bench-msd bench-segment viewer-tools test-viewer
+  reliability-doc clean images test-images bench-msd bench-segment bench-train bench-gpu viewer-tools test-viewer
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
@@ -30,6 +30,8 @@ help:
 	@echo "make bench-scale - convert/group/preprocess over 10, 50, 200 cases: s/case, peak RSS -> bench-results/scale.json"
 	@echo "make bench-msd - every stage at Decathlon size vs its pod's memory limit -> bench-results/msd_scale.json"
 	@echo "make bench-segment - liverseg segment vs a plain MONAI pipeline on the TCIA series"
+	@echo "make bench-train - input pipeline vs train step, step vs a bare MONAI loop, 2 vs 1 processes -> bench-results/train.json"
+	@echo "make bench-gpu - the gpu profile on a CUDA machine: step, pipeline, 1-2 GPUs, inference -> bench-results/gpu.json"
 	@echo "make reliability-doc - fault and bad-input tests, then docs/RELIABILITY.md from their records"
 
 # requirements.lock pins every dependency but torch (TORCH_SPEC picks that build): the versions the tests ran.
@@ -77,7 +79,7 @@ check: venv
 # Both profiles on 36 fixed phantoms, the same training budget each (BUDGET_S seconds; ~40 min in all on 2 cores).
 BUDGET_S ?= 900
 # Every benchmark, one after another (about an hour on 2 cores; run on an otherwise idle machine).
-bench: bench-dicom bench-scale bench-quality
+bench: bench-dicom bench-scale bench-train bench-quality
 
 bench-quality: venv
 	$(PY) tests/bench/quality.py --budget-s $(BUDGET_S)
@@ -111,6 +113,15 @@ bench-msd: venv
 # liverseg segment on the TCIA series against a plain MONAI pipeline (time, peak memory, where the time goes).
 bench-segment: venv
 	$(PY) tests/bench/segment.py --series $(DICOM_SERIES)
+# The training input pipeline's patches/s (0, 1, 2 workers) against what the step consumes, our step against a bare
+# MONAI loop, 2 gloo processes against 1, workers a GPU node needs (~10 min on 2 cores) -> bench-results/train.json.
+bench-train: venv
+	$(PY) tests/bench/train.py --out bench-results/train.json
+
+# On a CUDA machine (TORCH_SPEC with a CUDA build): the gpu profile's step (fp32, AMP), its pipeline with workers,
+# 1 and 2 GPUs, inference on a 512x512x400 study -> bench-results/gpu.json. Runs on a CPU too, slowly.
+bench-gpu: venv
+	$(PY) tests/bench/gpu.py --out bench-results/gpu.json
 
 # DICOM -> NIfTI vs dcm2niix and NIfTI -> DICOM vs plastimatch on the 134-slice TCIA series in ../shared/data
 # (DICOM_SERIES=dir for another), whole processes, median of interleaved runs -> bench-results/dicom.json.

@@ -8,7 +8,7 @@ from liverseg.config import ConfigError, available_profiles, load_profile
 
 
 def test_both_profiles_load_and_differ_where_the_method_differs():
-    assert {"default", "seed"} <= set(available_profiles())
+    assert {"default", "seed", "gpu"} <= set(available_profiles())
     seed, default = load_profile("seed", environ={}), load_profile("default", environ={})
     assert (seed.train.lr, seed.train.weight_decay, seed.train.amsgrad, seed.train.epochs) == (1e-5, 1e-5, True, 100)
     assert (seed.train.batch_size, seed.train.loss, seed.preprocess.resize) == (1, "dice", (128, 128, 64))

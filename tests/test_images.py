@@ -332,7 +332,9 @@ def container_run(images, weed, tiny_dataset, tmp_path_factory) -> ContainerRun:
               "model": "champion", "study": f"study_1={study_key}", "bucket": ctr.bucket, "send-to": "",
               "archive": "",  # liverseg-watch without an archive: a clean usage error (exit 2)
               "workflow.name": WORKFLOW_NAME, "workflow.status": "Succeeded", "workflow.duration": "321.5",
-              "workflow.parameters": json.dumps([{"name": "run-id", "value": RUN}])}
+              "workflow.parameters": json.dumps([{"name": "run-id", "value": RUN}]),
+              # No GPU here; as many loader workers as the profile has, so training draws what the runner's draws.
+              "gpus": "0", "loader-workers": "0"}
     calls = {(c.workflow, c.template): c for c in container_calls(values)}
     executed: dict[tuple[str, str], list[int]] = {}
     outcomes: dict[str, dict] = {}

@@ -145,7 +145,7 @@ def test_resume_is_bit_exact_on_cpu():
     assert resumed.best_epoch == straight.best_epoch
 
 
-@pytest.mark.parametrize("profile_name", ["default", "seed"])
+@pytest.mark.parametrize("profile_name", ["default", "seed", "gpu"])
 def test_inference_returns_a_mask_on_the_original_grid(profile_name):
     image, _ = phantom(shape=(80, 72, 70), flips=(True, False, True))
     profile = load_profile(profile_name, environ={})
@@ -297,3 +297,30 @@ def test_preprocess_sets_aside_a_unit_without_a_body(tmp_path):
     cfg = load_profile("default", environ={}).preprocess
     with pytest.raises(InputError, match="no voxel above -200 HU"):
         preprocess_unit(tmp_path / "image.nii.gz", tmp_path / "label.nii.gz", cfg)
+
+
+def test_the_train_stage_refuses_more_processes_than_training_units_and_gpus_0_is_the_cpu(store, tmp_path):
+    import io
+
+    from liverseg.errors import ConfigError
+    from liverseg.metrics import StageMetrics
+    from liverseg.stagekit import CaseEntry, Plan, StageContext
+    from liverseg.stages.train import TrainStage
+
+    sample = tiny_samples(1)[0]
+    buffer = io.BytesIO()
+    np.savez(buffer, image=sample.image.numpy(), label=sample.label.numpy())
+    refs = {"runs/p/preprocess/a/volume.npz": store.put_bytes("runs/p/preprocess/a/volume.npz", buffer.getvalue())}
+    profile = load_profile("default", environ={}, overrides=["train.patch=[32,32,32]", "train.processes=2"])
+    plan = Plan(run_id="p", dataset="d", cases={"a": CaseEntry(image="i", label="l", patient="a")},
+                split={"train": ["a"], "val": [], "test": []}, profile=profile.model_dump(mode="json"))
+    ctx = StageContext(store=store, run_id="p", step=STEPS["train"], metrics=StageMetrics("train", "p"), plan=plan)
+    with pytest.raises(ConfigError, match=r"train.processes 2: more processes than training units \(1\)"):
+        TrainStage(device="cpu").produce(ctx, refs, tmp_path, "FP")
+    on_the_cpu = TrainStage(gpus=0, loader_workers=3)
+    assert on_the_cpu.device.type == "cpu" and on_the_cpu.shape == {"processes": 1, "loader_workers": 3}
+    # How many processes and workers is not part of what is trained: the same fingerprint parameters.
+    assert TrainStage().params(ctx)["train"] == TrainStage(gpus=0).params(
+        StageContext(store=store, run_id="p", step=STEPS["train"], metrics=StageMetrics("train", "p"),
+                     plan=plan.model_copy(update={"profile": load_profile("default", environ={}, overrides=[
+                         "train.patch=[32,32,32]", "train.loader_workers=2"]).model_dump(mode="json")})))["train"]

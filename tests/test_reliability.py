@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +97,61 @@ def test_training_killed_resumes_from_its_checkpoint(own_server, tiny_dataset):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     record({"id": "c-train-killed", "fault": f"train killed (SIGKILL) after epoch {resumed_from} of 6, resumed",
             "survived": True, "detail": "final weights and per-epoch metrics bit-identical to an uninterrupted run"})
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    found, queue = set(), [pid]
+    while queue:
+        parent = queue.pop()
+        for task in os.listdir(f"/proc/{parent}/task"):
+            with open(f"/proc/{parent}/task/{task}/children") as fh:
+                children = {int(c) for c in fh.read().split()}
+            queue += children - found
+            found |= children
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited orphan that nobody reaped yet has stopped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_data_parallel_training_killed_resumes_and_its_ranks_stop_with_it(own_server, tiny_dataset):
+    """2 gloo processes: rank 0 (the stage process) killed after a checkpoint; rank 1 must not outlive it, and the
+    resumed run ends with the weights and metrics of an uninterrupted 2-process run."""
+    store = prepared(bucket(own_server, "ddp"), tiny_dataset, overrides=[*TINY_TRAINING, "train.processes=2"])
+    for stage in ("convert", "group", "preprocess"):
+        finish(stage_process(store, stage))
+    finish(stage_process(store, "train", "r", None, "--no-resume"))
+    straight = model_state(store, "runs/r/train/model.pt")
+    straight_history = store.get_json("runs/r/train/metrics.json")
+    assert store.get_json(layout.manifest_key("r", "train"))["details"]["world_size"] == 2
+    for ref in store.list("runs/r/train/"):
+        store.delete(ref.key)
+
+    process = stage_process(store, "train")
+    wait_for(store, "runs/r/train/checkpoints/epoch_0002.pt", process=process)
+    ranks = descendants(process.pid)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert store.stat(layout.manifest_key("r", "train")) is None, "the kill came too late to test anything"
+    assert ranks, "no other rank was running"
+    deadline = time.monotonic() + 60
+    while any(map(running, ranks)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in ranks if running(pid)]
+    assert not left, f"ranks still running 60 s after their launcher was killed: {left}"
+    resumed_from = max(int(r.key[-7:-3]) for r in store.list("runs/r/train/checkpoints/"))
+    finish(stage_process(store, "train", "r", None, "--resume"))
+    assert [(h["loss"], h.get("val_dice")) for h in store.get_json("runs/r/train/metrics.json")] == \
+        [(h["loss"], h.get("val_dice")) for h in straight_history]
+    resumed = model_state(store, "runs/r/train/model.pt")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    record({"id": "d-train-ddp-killed", "fault": f"2-process training: rank 0 killed (SIGKILL) after epoch "
+                                                 f"{resumed_from} of 6, resumed",
+            "survived": True, "detail": "the other rank stopped by itself; final weights and per-epoch metrics "
+                                        "bit-identical to an uninterrupted 2-process run"})

@@ -159,6 +159,8 @@ EXPECTED_R1 = {
     ({"epochs": "50", "overrides": "train.lr=0.01"},
      RunSpec("liverseg-pipeline-x7k2p", "Task03_Liver", "default", ["train.lr=0.01", "train.epochs=50"])),
     ({}, RunSpec("liverseg-pipeline-x7k2p", "Task03_Liver", "default")),
+    ({"gpus": "2", "loader-workers": "6"}, RunSpec("liverseg-pipeline-x7k2p", "Task03_Liver", "default")),
+    ({"gpus": "0"}, RunSpec("liverseg-pipeline-x7k2p", "Task03_Liver", "default")),
 ])
 def test_every_pod_runs_what_the_local_runner_runs_for_its_step(submitted, spec):
     """The pods' command lines (rendered YAML, Argo's substitution) against the local runner's (its child process
@@ -173,6 +175,12 @@ def test_every_pod_runs_what_the_local_runner_runs_for_its_step(submitted, spec)
             # plan also writes the case lists Argo fans out over; the rest of its command line is the runner's.
             assert all(a[-4:] == ["--case-list", "cases=/tmp/outputs/cases.json", "--case-list",
                                   "test=/tmp/outputs/test-cases.json"] for a in got)
+            got = [a[:-4] for a in got]
+        if step.resources.gpu:
+            # A GPU step also runs one process per GPU (0: one, on the CPU) with the workers its pod is sized for
+            # (the gpus and loader-workers parameters); locally the profile says so.
+            assert all(a[-4:] == ["--gpus", submitted.get("gpus", "1"), "--loader-workers",
+                                  submitted.get("loader-workers", "4")] for a in got)
             got = [a[:-4] for a in got]
         if "--overrides" in expected[0]:
             # The runner joins overrides with ';'; plan splits on ';' and drops empty items.
@@ -277,6 +285,24 @@ def test_train_requests_gpus_and_runs_where_the_site_says():
             assert "nodeSelector" not in templates(wt)[step.name]
 
 
+@pytest.mark.parametrize("gpus, workers, cpu, memory, shm", [
+    ("1", "4", "6", "32Gi", "3Gi"),          # per GPU: 2 CPUs, 24Gi, 1Gi; per worker 1 CPU, 2Gi, 512Mi
+    ("2", "6", "16", "72Gi", "8Gi"),
+    ("0", "2", "4", "28Gi", "2Gi"),          # on the CPU: one process
+])
+def test_the_training_pod_is_sized_for_its_processes_and_loader_workers(gpus, workers, cpu, memory, shm):
+    values = WorkflowValues.model_validate({"parameters": {"gpus": gpus, "loader-workers": workers}})
+    wt = render_all(values)[f"workflowtemplate-{pipeline.NAME}.yaml"]
+    train = templates(wt)["train"]
+    requests, limits = train["container"]["resources"]["requests"], train["container"]["resources"]["limits"]
+    assert (requests["cpu"], requests["memory"], limits["memory"]) == (cpu, memory, memory)
+    assert "cpu" not in limits
+    assert next(v for v in train["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"] == shm
+    (args,) = pods_argo_would_run(wt, {}, "wf", OUTPUTS)["train"]
+    assert args[-4:] == ["--gpus", gpus, "--loader-workers", workers]
+    assert argo_errors(wt) == []
+
+
 def test_only_promote_holds_the_champion_lock(rendered):
     """Two runs promoting at once could both gate against the old champion and crown the worse challenger."""
     wt = objects(rendered, "WorkflowTemplate")[pipeline.NAME]
@@ -331,8 +357,8 @@ def test_every_pod_is_locked_down_and_gets_its_settings_by_reference(rendered):
 CONTRACT_VALUES = {"registry": "localhost", "tag": "dev", "run-id": "r1", "case": "liver_0", "dataset": "tiny",
                    "profile": "default", "overrides": "", "max-cases": "0", "model": "champion",
                    "study": "s=incoming/s.nii.gz", "bucket": "liverseg", "send-to": "", "archive": "http://pacs/dw",
-                   "workflow.name": "wf",
-                   "workflow.status": "Succeeded", "workflow.duration": "1.5", "workflow.parameters": "[]"}
+                   "workflow.name": "wf", "workflow.status": "Succeeded", "workflow.duration": "1.5",
+                   "workflow.parameters": "[]", "gpus": "0", "loader-workers": "1"}
 
 
 def test_container_calls_give_each_templates_image_and_command_with_values_filled_in():
@@ -340,7 +366,8 @@ def test_container_calls_give_each_templates_image_and_command_with_values_fille
     assert {t for w, t in calls if w == pipeline.NAME} == {s.name for s in PIPELINE} | {"record-status"}
     train = calls[(pipeline.NAME, "train")]
     assert train.image == "localhost/liverseg-train:dev"
-    assert train.command == ["liverseg"] and train.args == ["train", "--run-id", "r1"]
+    assert train.command == ["liverseg"] and train.args == ["train", "--run-id", "r1", "--gpus", "0",
+                                                             "--loader-workers", "1"]
     assert calls[(infer.NAME, infer.TEMPLATE)].args[-4:] == ["--study", "s=incoming/s.nii.gz", "--send-to", ""]
     assert calls[(watch.NAME, watch.WATCH)].args[:3] == ["watch", "--archive", "http://pacs/dw"]
     assert train.env["LIVERSEG_BUCKET"] == "liverseg" and "LIVERSEG_S3_SECRET_KEY" not in train.env

@@ -68,7 +68,7 @@ class SplitConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(100, ge=1)
     time_budget_s: float | None = Field(None, gt=0, description="stop after the epoch that passes this wall time")
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, description="volumes per step (their patches split among the processes)")
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     amsgrad: bool = True
@@ -77,13 +77,27 @@ class TrainConfig(_Section):
     loss: Literal["dice", "dice_ce"] = "dice"
     patch: tuple[int, int, int] | None = Field(None, description="random patch size, or none for whole inputs")
     samples_per_volume: int = Field(1, ge=1)
-    augment: bool = False
+    iterations_per_epoch: int | None = Field(
+        None, ge=1, description="steps per epoch, whatever the number of cases; none: one pass over the "
+                                "training units")
+    augment: bool = Field(False, description="intensity: random scale (±10%) and shift (±0.05) of the 0..1 image")
+    noise_std: float = Field(0.0, ge=0, description="gaussian noise of this standard deviation (0..1 scale) on 15% "
+                                                     "of patches; 0: none")
+    rotate_deg: float = Field(0.0, ge=0, le=45, description="spatial: random rotation up to ± this about each axis")
+    scale_range: float = Field(0.0, ge=0, lt=1, description="spatial: random zoom by up to ± this fraction")
+    spatial_prob: float = Field(0.2, ge=0, le=1, description="probability of the rotation/zoom for one patch")
     val_interval: int = Field(1, ge=1)
     checkpoint_every: int = Field(5, ge=1)
     selection: Literal["dice", "seed_soft"] = Field(
         "dice", description="dice: hard foreground Dice; seed_soft: 1 - soft Dice loss with background (seed)")
     seed: int = 0
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (default: all cores, "
+                                                             "shared among the processes)")
+    # How the training runs, not what it trains: left out of the train stage's fingerprint, so a checkpoint written
+    # with N processes or workers resumes with M (the Argo template sets both from the pod it asks for).
+    processes: int = Field(1, ge=1, description="data-parallel training processes (one per GPU; gloo on the CPU)")
+    loader_workers: int = Field(0, ge=0, description="input-pipeline worker processes per training process "
+                                                     "(0: patches are drawn in the training process)")
 
 
 class InferConfig(_Section):
@@ -91,6 +105,7 @@ class InferConfig(_Section):
     blend: Literal["gaussian", "constant"] = "gaussian"
     largest_component: bool = True
     threshold: float = Field(0.5, gt=0, lt=1)
+    sw_batch_size: int = Field(1, ge=1, description="sliding windows per network call")
 
 
 class PromoteConfig(_Section):

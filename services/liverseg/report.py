@@ -91,8 +91,44 @@ class ReportEntry:
     overlays: Mapping[str, bytes | str]
 
 
-def html_report(title: str, entries: list[ReportEntry], notes: list[str] = ()) -> str:
-    """A self-contained page: PNG bytes are embedded, strings are used as relative links."""
+CURVES = (("loss", "training loss"), ("val_dice", "validation Dice"), ("lr", "learning rate"))
+_MARGINS = (46, 22, 10, 28)  # left, top, right, bottom of a panel's plot area, in pixels
+
+
+def _panel(points: list[tuple[float, float]], key: str, title: str, x0: float, width: int, height: int) -> str:
+    """One curve: (epoch, value) points in a frame, with the first and last epoch and the value range marked."""
+    left, top, right, bottom = _MARGINS
+    parts = [f'<text x="{x0 + left}" y="14" font-size="12">{title}</text>',
+             f'<rect x="{x0 + left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+             'fill="none" stroke="#999"/>']
+    if not points:
+        return "".join(parts)
+    (e_lo, e_hi), (v_lo, v_hi) = ((min(c), max(c)) for c in zip(*points, strict=True))
+    xs = [x0 + left + (e - e_lo) / ((e_hi - e_lo) or 1) * (width - left - right) for e, _ in points]
+    ys = [top + (1 - (v - v_lo) / ((v_hi - v_lo) or 1)) * (height - top - bottom) for _, v in points]
+    parts.append(f'<polyline class="{key}" fill="none" stroke="#c33" stroke-width="1.5" '
+                 f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))}"/>')
+    parts += [f'<text x="{x0 + left - 4}" y="{y}" font-size="10" text-anchor="end">{v:.3g}</text>'
+              for v, y in ((v_hi, top + 8), (v_lo, height - bottom))]
+    parts += [f'<text x="{x}" y="{height - 10}" font-size="10" text-anchor="middle">{e:g}</text>'
+              for e, x in ((e_lo, x0 + left), (e_hi, x0 + width - right))]
+    parts.append(f'<text x="{x0 + (left + width - right) / 2:.0f}" y="{height - 10}" font-size="10" '
+                 'text-anchor="middle">epoch</text>')
+    return "".join(parts)
+
+
+def learning_curves_svg(history: list[Mapping[str, float]], width: int = 300, height: int = 170) -> str:
+    """Loss, validation Dice and learning rate per epoch (``metrics.json``'s records) as one inline SVG, a panel
+    each. Written by hand: three polylines need no plotting library (matplotlib is no dependency of the images)."""
+    panels = [_panel([(h["epoch"], float(h[key])) for h in history if h.get(key) is not None], key, title,
+                     n * (width + 16), width, height) for n, (key, title) in enumerate(CURVES)]
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * (width + 16)}" height="{height}" '
+            f'font-family="sans-serif"><title>learning curves per epoch</title>{"".join(panels)}</svg>')
+
+
+def html_report(title: str, entries: list[ReportEntry], notes: list[str] = (), figures: list[str] = ()) -> str:
+    """A self-contained page: PNG bytes are embedded, strings are used as relative links; ``figures`` are inline
+    SVG this module drew (``learning_curves_svg``), placed after the notes."""
     def img(src: bytes | str, alt: str) -> str:
         ref = f"data:image/png;base64,{base64.b64encode(src).decode()}" if isinstance(src, bytes) else src
         return f'<img src="{html.escape(ref)}" alt="{html.escape(alt)}" height="240">'
@@ -101,6 +137,7 @@ def html_report(title: str, entries: list[ReportEntry], notes: list[str] = ()) -
              "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;text-align:right}"
              "th:first-child,td:first-child{text-align:left}</style>", f"<h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    parts += [f"<figure>{svg}</figure>" for svg in figures]
     keys = sorted({k for e in entries for k in e.figures})
     parts.append("<table><tr><th>study</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr>")
     for e in entries:

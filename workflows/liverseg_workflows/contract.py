@@ -8,7 +8,8 @@ A contract test runs every command in its image and checks that the image accept
                                  "dataset": "tiny", "profile": "default", "overrides": "", "max-cases": "0",
                                  "model": "champion", "study": "s=incoming/s.nii.gz", "bucket": "liverseg",
                                  "workflow.name": "wf", "workflow.status": "Succeeded",
-                                 "workflow.duration": "1.0", "workflow.parameters": "[]"}):
+                                 "workflow.duration": "1.0", "workflow.parameters": "[]", "gpus": "0",
+                                 "loader-workers": "0"}):
         podman run --rm <call.image> <call.args>    # the image's entrypoint is call.command
 
 Values are keyed by parameter name (a template input and the workflow parameter of the same name are the same

@@ -56,7 +56,8 @@ OVERRIDES = ("{{=workflow.parameters.overrides + (workflow.parameters.epochs == 
 SOURCES = {"run-id": RUN_ID, "overrides": OVERRIDES, "dataset": workflow_parameter("dataset"),
            "profile": workflow_parameter("profile"), "max-cases": workflow_parameter("max-cases")}
 # Workflow parameters whose defaults are the site's values (values.Parameters), besides ``run-id``.
-SITE_PARAMETERS = ("dataset", "profile", "epochs", "overrides", "max-cases", "gpus", "bucket", "registry", "tag")
+SITE_PARAMETERS = ("dataset", "profile", "epochs", "overrides", "max-cases", "gpus", "loader-workers", "bucket",
+                   "registry", "tag")
 
 
 def node_name(step: Step) -> str:

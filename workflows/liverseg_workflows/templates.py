@@ -72,20 +72,45 @@ def _per_case(step: Step, per_case: bool | None) -> bool:
     return step.covers != "run" if per_case is None else per_case
 
 
-def resources(declared: StepResources, gpus: int = 0) -> Resources:
+def resources(declared: StepResources, gpus: int = 0, workers: int = 0) -> Resources:
     """A step's declared resources as Hera's: memory request = limit (a stage that outgrows it is OOM-killed
     visibly rather than starving its node), no CPU limit (throttling only slows a batch job down). A GPU step's
-    figures are per GPU: ``gpus`` of them."""
+    figures are per GPU (``gpus`` of them, 0 counting as one process on the CPU), each with ``workers`` loader
+    workers."""
     scale = max(gpus, 1) if declared.gpu else 1
-    memory = _times(declared.memory, scale)
-    return Resources(cpu_request=_times(declared.cpu, scale), memory_request=memory, memory_limit=memory,
-                     gpus=gpus if declared.gpu else None, gpu_flag=GPU_RESOURCE if declared.gpu else None)
+    memory = _times(per_process(declared, "memory", workers), scale)
+    return Resources(cpu_request=_times(per_process(declared, "cpu", workers), scale), memory_request=memory,
+                     memory_limit=memory, gpus=gpus if declared.gpu else None,
+                     gpu_flag=GPU_RESOURCE if declared.gpu else None)
+
+
+def per_process(declared: StepResources, field: str, workers: int) -> str:
+    """One process's ``cpu``, ``memory`` or ``shm`` with its ``workers`` loader workers."""
+    quantity = getattr(declared, field)
+    if declared.per_worker is None or not workers:
+        return quantity
+    return _plus(quantity, _times(getattr(declared.per_worker, field), workers))
+
+
+_BINARY = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _split(quantity: str) -> tuple[int, str]:
+    number = quantity.rstrip("KMGTPEi")
+    return int(number), quantity[len(number):]
 
 
 def _times(quantity: str, factor: int) -> str:
     """``"4Gi"`` × 2 = ``"8Gi"``: a Kubernetes quantity (an integer with an optional binary suffix) scaled."""
-    number = quantity.rstrip("KMGTPEi")
-    return f"{int(number) * factor}{quantity[len(number):]}"
+    number, suffix = _split(quantity)
+    return f"{number * factor}{suffix}"
+
+
+def _plus(a: str, b: str) -> str:
+    """``"1Gi"`` + ``"512Mi"`` = ``"1536Mi"``: in the largest binary unit that holds the sum exactly."""
+    total = sum(n * _BINARY[suffix] for n, suffix in map(_split, (a, b)))
+    suffix = next(s for s in ("Ti", "Gi", "Mi", "Ki", "") if total % _BINARY[s] == 0)
+    return f"{total // _BINARY[suffix]}{suffix}"
 
 
 def step_template(step: Step, values: WorkflowValues, *, name: str | None = None, per_case: bool | None = None,
@@ -93,6 +118,7 @@ def step_template(step: Step, values: WorkflowValues, *, name: str | None = None
     """The container template of ``step``: ``liverseg <step.args> <extra_args>`` in the step's image."""
     if step.resources.gpu:
         template.update(gpu_scheduling(step, values))
+        extra_args = [*extra_args, *PROCESS_ARGS]
     if step.mutex:
         template["synchronization"] = Synchronization(mutexes=[Mutex(name=step.mutex)])
     template.setdefault("resources", resources(step.resources))
@@ -101,22 +127,28 @@ def step_template(step: Step, values: WorkflowValues, *, name: str | None = None
                               metrics=step_metrics(name or step.name), **template)
 
 
+# A GPU step runs one process per GPU it gets (one on the CPU when it gets none), each with the loader workers the
+# pod is sized for: its command line says so, whatever the profile's train.processes and train.loader_workers.
+PROCESS_ARGS = ("--gpus", workflow_parameter("gpus"), "--loader-workers", workflow_parameter("loader-workers"))
+
+
 def gpu_scheduling(step: Step, values: WorkflowValues) -> dict[str, Any]:
     """Template fields of a GPU step: the GPUs, where they are, /dev/shm, and the training priority class."""
-    gpus = int(values.parameters.gpus)
+    gpus, workers = int(values.parameters.gpus), int(values.parameters.loader_workers)
     # Argo cannot template a resource quantity (it parses it before substituting), so the template carries the
     # site's default count and this patch applies the ``gpus`` parameter of each submission.
     per_run = {GPU_RESOURCE: workflow_parameter("gpus")}
     patch = {"containers": [{"name": "main", "resources": {"requests": per_run, "limits": per_run}}]}
     return {
-        "resources": resources(step.resources, gpus),
+        "resources": resources(step.resources, gpus, workers),
         "pod_spec_patch": json.dumps(patch, sort_keys=True),
         "node_selector": dict(values.gpu.node_selector) or None,
         "tolerations": [ModelToleration(**t.model_dump(exclude_none=True)) for t in values.gpu.tolerations] or None,
         "priority_class_name": TRAINING_PRIORITY_CLASS,
         # DataLoader workers share batches through /dev/shm; the container default (64 MiB) is far too small.
         "volumes": [EmptyDirVolume(name="dshm", mount_path="/dev/shm", medium="Memory",
-                                   size_limit=_times(step.resources.shm, max(gpus, 1)))] if step.resources.shm else [],
+                                   size_limit=_times(per_process(step.resources, "shm", workers), max(gpus, 1)))]
+        if step.resources.shm else [],
     }
 
 

@@ -34,7 +34,11 @@ class Parameters(_Document):
     epochs: str = Field("", description="training epochs; empty keeps the profile's value")
     overrides: str = Field("", description="more profile overrides, SECTION.FIELD=VALUE separated by ';'")
     max_cases: str = Field("0", alias="max-cases", description="use only the first N cases (0: all)")
-    gpus: str = Field("1", description=f"{GPU_RESOURCE} per training pod")
+    gpus: str = Field("1", description=f"{GPU_RESOURCE} per training pod: one training process each; 0 trains on "
+                                       "the CPU")
+    loader_workers: str = Field("4", alias="loader-workers", description=(
+        "input-pipeline worker processes per training process (train.loader_workers); the pod's CPU, memory and "
+        "/dev/shm are sized for the defaults of gpus and loader-workers"))
     model: str = Field("champion", description="model for liverseg-infer: 'champion', a version or a model key")
     send_to: str = Field("", alias="send-to", description="DICOMweb root that receives each study's SEG and "
                                                           "RTSTRUCT (liverseg-infer, liverseg-watch); empty: none")

@@ -1,31 +1,47 @@
 """The training loop: tensors in, a trained state out. No store, no files: the train stage does I/O.
 
-Reproducibility: every epoch re-seeds torch, numpy and the MONAI transforms from (seed, epoch), so resuming from
-a checkpoint taken after epoch k replays epochs k+1… exactly as an uninterrupted run (bit-exact on CPU). The RNG
-states are still saved in checkpoints, for inspection.
+Batches come from the input pipeline (``loader``), streamed while the device trains. With several processes
+(``distributed``) each holds its share of the units and trains one replica (PyTorch DDP: gradients averaged every
+step) on its share of every step's patches; the loss, validation and model selection are computed over all of them,
+the same on every rank.
+
+Reproducibility: every epoch re-seeds torch, numpy and the MONAI transforms from (seed, epoch) (and the rank and
+loader worker), so resuming from a checkpoint taken after epoch k replays epochs k+1… exactly as an uninterrupted
+run with the same processes and workers (bit-exact on CPU). The RNG states are still saved in checkpoints, for
+inspection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import random
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from monai import transforms as T
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss, DiceLoss
+from torch.nn.parallel import DistributedDataParallel
 
 from liverseg.config import InferConfig, TrainConfig
+from liverseg.errors import ConfigError
+from liverseg.ml import distributed
+from liverseg.ml.distributed import Ranks
+from liverseg.ml.loader import batches, draw_order, rank_seed, share_of_batch, training_dataset
 from liverseg.ml.metrics import dice, seed_style_dice
 from liverseg.ml.model import build_unet, memory_format
 
+__all__ = ["PROGRESS_EVERY_S", "Sample", "TrainState", "Trainer"]
+
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 60.0  # a progress line within an epoch at most this often
 
 
 @dataclass
@@ -77,30 +93,38 @@ def _rng_states() -> dict[str, Any]:
                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
 
 
-class Trainer:
-    """Trains the U-Net on ``Sample``s with a ``TrainConfig``; validation uses the inference settings."""
+def _eta(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
-    def __init__(self, cfg: TrainConfig, infer_cfg: InferConfig, device: torch.device):
-        self.cfg, self.infer_cfg, self.device = cfg, infer_cfg, device
+
+class Trainer:
+    """Trains the U-Net on ``Sample``s with a ``TrainConfig``; validation uses the inference settings.
+
+    ``ranks``: this process's place among data-parallel processes (``distributed.launch``); each passes ``fit``
+    its own share of the units: training units ``[rank::world_size]``, validation units likewise.
+    """
+
+    def __init__(self, cfg: TrainConfig, infer_cfg: InferConfig, device: torch.device, ranks: Ranks | None = None):
+        self.cfg, self.infer_cfg, self.device, self.ranks = cfg, infer_cfg, device, ranks or Ranks()
         self.fmt = memory_format(device)
-        self.amp = device.type == "cuda"
+        # bf16 autocast on GPUs that have it (Ampere and later); on this project's CPUs it is 30-40x slower.
+        self.amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
         if cfg.loss == "dice_ce":
             self.loss_fn: torch.nn.Module = DiceCELoss(to_onehot_y=True, softmax=True)
         else:  # the seed's loss
             self.loss_fn = DiceLoss(to_onehot_y=True, sigmoid=True, squared_pred=True)
-        self.augment = self._augmentations()
 
-    def _augmentations(self) -> T.Compose:
-        steps: list[T.Transform] = []
-        if self.cfg.patch is not None:
-            steps += [T.SpatialPadd(["image", "label"], self.cfg.patch),
-                      T.RandCropByPosNegLabeld(["image", "label"], "label", self.cfg.patch, pos=1, neg=1,
-                                               num_samples=self.cfg.samples_per_volume)]
-        if self.cfg.augment:
-            # Intensity only: flips would move the liver to the patient's left, which never happens.
-            steps += [T.RandScaleIntensityd("image", factors=0.1, prob=0.5),
-                      T.RandShiftIntensityd("image", offsets=0.05, prob=0.5)]
-        return T.Compose(steps)
+    @contextlib.contextmanager
+    def _memory_named(self, work: str) -> Iterator[None]:
+        """An out-of-memory on the device as a one-line error that names the sizes to lower."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            total = torch.cuda.get_device_properties(self.device).total_memory / 2**30 if self.device.type == "cuda" \
+                else None
+            card = f"{torch.cuda.get_device_name(self.device)}, {total:.0f} GiB" if total else str(self.device)
+            raise ConfigError(f"out of memory on {self.device} ({card}) {work}") from None
 
     def new_state(self) -> TrainState:
         torch.manual_seed(self.cfg.seed)
@@ -116,38 +140,49 @@ class Trainer:
             return self.cfg.lr * (1 - (epoch - 1) / self.cfg.epochs) ** 0.9
         return self.cfg.lr
 
-    def _batches(self, samples: Sequence[Sample], epoch_seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        order = np.random.default_rng(epoch_seed).permutation(len(samples))
-        self.augment.set_random_state(seed=epoch_seed)
-        batches = []
-        for start in range(0, len(order), self.cfg.batch_size):
-            items: list[dict[str, torch.Tensor]] = []
-            for i in order[start:start + self.cfg.batch_size]:
-                out = self.augment({"image": samples[i].image, "label": samples[i].label})
-                items += out if isinstance(out, list) else [out]
-            x = torch.stack([torch.as_tensor(d["image"]) for d in items]).float()
-            y = torch.stack([torch.as_tensor(d["label"]) for d in items]).float()
-            batches.append((x, y))
-        return batches
-
     def _forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device).contiguous(memory_format=self.fmt)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return model(x)
+
+    def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+             y: torch.Tensor) -> float:
+        """One optimisation step; returns the batch's loss.
+
+        Args:
+            model: the network (or its DDP wrapper), in training mode.
+            optimizer: over its parameters.
+            x: image patches, float32 (B, 1, X, Y, Z) in 0..1.
+            y: their liver labels, float32 (B, 1, X, Y, Z) 0/1.
+        """
+        patch = "x".join(map(str, x.shape[2:]))
+        with self._memory_named(f"training a batch of {x.shape[0]} patches of {patch} voxels "
+                                f"(train.batch_size {self.cfg.batch_size} x train.samples_per_volume "
+                                f"{self.cfg.samples_per_volume}): lower them or train.patch"):
+            optimizer.zero_grad(set_to_none=True)
+            logits = self._forward(model, x)
+            loss = self.loss_fn(logits.float(), y.to(self.device, non_blocking=True))
+            loss.backward()
+            optimizer.step()
+            return loss.detach().item()
 
     def predict_logits(self, model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
         """Logits (1, 2, X, Y, Z) for one (1, X, Y, Z) input: sliding window for patch-trained models, one pass
         for whole-input (seed) models."""
         x = image[None].float()
-        with torch.no_grad():
+        windows = f"{self.infer_cfg.sw_batch_size} window(s) of {'x'.join(map(str, self.cfg.patch or x.shape[2:]))}"
+        with torch.no_grad(), self._memory_named(f"segmenting a {'x'.join(map(str, x.shape[2:]))} volume, "
+                                                 f"{windows} voxels at a time (infer.sw_batch_size)"):
             if self.cfg.patch is None:
                 return self._forward(model, x).float().cpu()
             return sliding_window_inference(
-                x.to(self.device), roi_size=self.cfg.patch, sw_batch_size=1,
+                x.to(self.device), roi_size=self.cfg.patch, sw_batch_size=self.infer_cfg.sw_batch_size,
                 predictor=lambda w: self._forward(model, w).float(), overlap=self.infer_cfg.overlap,
                 mode=self.infer_cfg.blend).cpu()
 
     def validate(self, model: torch.nn.Module, samples: Sequence[Sample]) -> dict[str, float]:
+        """Mean hard Dice and seed-style figure over the validation units (of every rank: each scores its own
+        share, and the means are taken over all of them in their original order, the same on every rank)."""
         model.eval()
         hard, soft = [], []
         for s in samples:
@@ -155,26 +190,58 @@ class Trainer:
             pred = logits.argmax(1)[0].numpy() == 1
             hard.append(dice(pred, s.label[0].numpy() > 0))
             soft.append(seed_style_dice(logits, s.label[None].float()))
+        if self.ranks.distributed:
+            hard, soft = (distributed.interleave(distributed.gather(values)) for values in (hard, soft))
         return {"val_dice": float(np.mean(hard)), "val_seed_soft": float(np.mean(soft))}
+
+    def replica(self, net: torch.nn.Module) -> torch.nn.Module:
+        """``net`` as this rank trains it: wrapped in DDP (gradients averaged over the ranks at every step) when
+        there are several, else as it is."""
+        if not self.ranks.distributed:
+            return net
+        # 1x1x1 kernels in channels_last_3d: their gradients' strides differ from DDP's bucket views only in size-1
+        # dimensions (the same memory layout), which DDP reports as a possible slowdown on every rank.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        return DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _threads(self) -> None:
+        """CPU threads: the configured number, else (several processes) an even share of the cores."""
+        if self.cfg.num_threads or self.ranks.distributed:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(self.cfg.num_threads or max(1, cores // self.ranks.world_size))
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample], state: TrainState | None = None,
             on_epoch: Callable[[TrainState, bool], None] | None = None) -> TrainState:
         """Train from ``state`` (or from scratch) to ``cfg.epochs`` or the time budget.
 
-        ``on_epoch(state, improved)`` is called after every epoch, e.g. to write checkpoints.
+        ``train`` and ``val`` are this rank's share (all of them in a single process). ``on_epoch(state,
+        improved)`` is called after every epoch, e.g. to write checkpoints (by rank 0 only: the states agree).
         """
         if not train:
             raise ValueError("no training samples")
-        if self.cfg.num_threads:
-            torch.set_num_threads(self.cfg.num_threads)
+        self._threads()
+        ranks, lead = self.ranks, self.ranks.rank == 0
         state = state or self.new_state()
-        model = build_unet().to(self.device).to(memory_format=self.fmt)
-        model.load_state_dict(state.model)
-        optimizer = self._optimizer(model)
+        net = build_unet().to(self.device).to(memory_format=self.fmt)
+        net.load_state_dict(state.model)
+        model = self.replica(net)
+        optimizer = self._optimizer(net)
         optimizer.load_state_dict(state.optimizer)
         started = time.monotonic() - state.elapsed_s
         if state.epoch and self.cfg.time_budget_s and state.elapsed_s >= self.cfg.time_budget_s:
             return state  # resumed from the budget's last checkpoint: training was over
+        # Each step trains on batch_size x samples_per_volume patches whatever the number of processes, so N
+        # processes make the same optimisation steps as one, N times faster on N devices; each takes its share.
+        local = self.cfg
+        steps = self.cfg.iterations_per_epoch
+        if ranks.distributed:
+            volumes, patches = share_of_batch(self.cfg.batch_size, self.cfg.samples_per_volume, ranks.world_size)
+            local = self.cfg.model_copy(update={"batch_size": volumes, "samples_per_volume": patches})
+            # One pass over all ranks' units takes as many steps as in one process; each rank repeats its own.
+            steps = steps or math.ceil(distributed.sum_of(len(train), self.device) / self.cfg.batch_size)
+        dataset = training_dataset([s.image for s in train], [s.label for s in train], local)
+        has_val = distributed.sum_of(len(val), self.device) > 0 if ranks.distributed else bool(val)
+        resumed_at, clock = state.epoch, time.monotonic()
         for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
             t0 = time.monotonic()
             seed = _epoch_seed(self.cfg.seed, epoch)
@@ -182,42 +249,54 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = self._lr(epoch)
             model.train()
-            losses = []
-            for x, y in self._batches(train, seed):
-                optimizer.zero_grad(set_to_none=True)
-                logits = self._forward(model, x)
-                loss = self.loss_fn(logits.float(), y.to(self.device))
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.detach().item())
-            record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": self._lr(epoch)}
+            draws = rank_seed(seed, ranks.rank)
+            order = draw_order(len(train), local.batch_size, steps, draws)
+            in_epoch, losses, shown = math.ceil(len(order) / local.batch_size), [], time.monotonic()
+            for x, y in batches(dataset, order, local, draws, self.device):
+                losses.append(self.step(model, optimizer, x, y))
+                if lead and time.monotonic() - shown >= PROGRESS_EVERY_S:
+                    shown = time.monotonic()
+                    rate = (shown - t0) / len(losses)  # seconds per step in this epoch
+                    log.info("training", extra={"epoch": epoch, "step": f"{len(losses)}/{in_epoch}",
+                                                "eta": _eta(rate * ((self.cfg.epochs - epoch + 1) * in_epoch
+                                                                    - len(losses)))})
+            loss = distributed.mean_of(losses, self.device) if ranks.distributed else float(np.mean(losses))
+            record: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": self._lr(epoch)}
             out_of_time = bool(self.cfg.time_budget_s) and time.monotonic() - started >= self.cfg.time_budget_s
+            if ranks.distributed:
+                out_of_time = distributed.broadcast_flag(out_of_time, self.device)
+                distributed.sync_buffers(net)
             last = epoch == self.cfg.epochs or out_of_time
             improved = False
-            if val and (epoch % self.cfg.val_interval == 0 or last):
-                record.update(self.validate(model, val))
+            if has_val and (epoch % self.cfg.val_interval == 0 or last):
+                record.update(self.validate(net, val))
                 metric = record["val_dice"] if self.cfg.selection == "dice" else record["val_seed_soft"]
                 if metric > state.best_metric:
                     improved = True
                     state.best_metric, state.best_epoch = metric, epoch
-                    state.best_model = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-            elif not val:
+                    state.best_model = {k: v.detach().clone().cpu() for k, v in net.state_dict().items()}
+            elif not has_val:
                 # Nothing to select on: the last epoch is the model.
                 improved = True
                 state.best_epoch = epoch
-                state.best_model = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+                state.best_model = {k: v.detach().clone().cpu() for k, v in net.state_dict().items()}
             record["seconds"] = round(time.monotonic() - t0, 3)
             state.epoch = epoch
-            state.model = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            state.model = {k: v.detach().cpu() for k, v in net.state_dict().items()}
             state.optimizer = optimizer.state_dict()
             state.history.append(record)
             state.rng = _rng_states()
             state.elapsed_s = time.monotonic() - started
-            log.info("epoch done", extra={**record, "progress": f"{epoch}/{self.cfg.epochs}",
-                                          "best_epoch": state.best_epoch})
+            if lead:
+                remaining = (time.monotonic() - clock) / (epoch - resumed_at) * (self.cfg.epochs - epoch)
+                if self.cfg.time_budget_s:
+                    remaining = min(remaining, max(0.0, self.cfg.time_budget_s - state.elapsed_s))
+                log.info("epoch done", extra={**record, "progress": f"{epoch}/{self.cfg.epochs}",
+                                              "best_epoch": state.best_epoch, "eta": _eta(remaining)})
             if on_epoch:
                 on_epoch(state, improved)
             if out_of_time:
-                log.info("time budget reached", extra={"epoch": epoch, "budget_s": self.cfg.time_budget_s})
+                if lead:
+                    log.info("time budget reached", extra={"epoch": epoch, "budget_s": self.cfg.time_budget_s})
                 break
         return state

@@ -16,8 +16,8 @@ import numpy as np
 from liverseg import layout
 from liverseg import manifest as mf
 from liverseg.errors import CaseFailed, StageError
-from liverseg.graph import MASK, MODEL, OVERLAYS, REPORT, STEPS, SUMMARY
-from liverseg.report import VIEWS, ReportEntry, html_report
+from liverseg.graph import MASK, METRICS, MODEL, OVERLAYS, REPORT, STEPS, SUMMARY
+from liverseg.report import VIEWS, ReportEntry, html_report, learning_curves_svg
 from liverseg.stagecli import add_run_options, run_step
 from liverseg.stagekit import StageContext, StageOutput
 from liverseg.store import ObjectRef
@@ -75,7 +75,7 @@ class EvaluateStage:
             if ref is None:
                 raise StageError(f"case {case}: the infer record {key} vanished while it was read")
             inputs[key] = ref
-        return inputs
+        return {**inputs, **ctx.read(METRICS)}  # the learning curves on the report
 
     def params(self, ctx: StageContext) -> dict[str, Any]:
         return {}
@@ -95,7 +95,7 @@ class EvaluateStage:
             "split": {k: len(v) for k, v in ctx.planned.split.items()},
             "model": model_key, "model_sha256": train.outputs[model_key].sha256,
             "best_epoch": train.details["best_epoch"], "epochs_run": train.details["epochs_run"],
-            "train_seconds": train.details["train_seconds"],
+            "train_seconds": train.details["train_seconds"], "world_size": train.details.get("world_size", 1),
             **summarize(per_case), "cases": per_case, "set_aside": set_aside,
         }
         return StageOutput([ctx.store.put_json(SUMMARY.key(ctx.run_id), summary),
@@ -123,7 +123,10 @@ def run_report(ctx: StageContext, summary: dict[str, Any]) -> str:
     notes += [f"{case}: HD95 undefined ({reason}); its Dice counts in the mean Dice"
               for case, reason in summary["hd95_undefined"].items()]
     notes += [f"{case} set aside: {reason}" for case, reason in summary["set_aside"].items()]
-    return html_report(f"liverseg run {ctx.run_id}", entries, notes)
+    history = ctx.store.get_json(METRICS.key(ctx.run_id))
+    notes.append(f"training: {summary['epochs_run']} epochs in {summary['train_seconds']} s, "
+                 f"{summary['world_size']} process(es); model from epoch {summary['best_epoch']}")
+    return html_report(f"liverseg run {ctx.run_id}", entries, notes, [learning_curves_svg(history)])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
