@@ -7,6 +7,7 @@ compared byte for byte) and records a row for docs/RELIABILITY.md (see tests/ben
 from __future__ import annotations
 
 import io
+import os
 import signal
 import time
 from pathlib import Path

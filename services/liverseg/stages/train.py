@@ -146,7 +146,8 @@ class TrainStage:
         cfg = ctx.config
         train_cfg = cfg.train.model_copy(update=self.shape)
         world = train_cfg.processes
-        parts = {part: download(ctx, {k: r for k, r in inputs.items() if ctx.planned.split_of(case_of(k)) == part}, work)
+        split_of = ctx.planned.split_of
+        parts = {part: download(ctx, {k: r for k, r in inputs.items() if split_of(case_of(k)) == part}, work)
                  for part in ("train", "val")}
         units = {part: len(files) for part, files in parts.items()}
         if world > units["train"]:
