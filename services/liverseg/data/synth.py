@@ -13,6 +13,7 @@ bowel with gas and fluid, gaussian noise with scanner-like correlation.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,21 +257,52 @@ def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phan
     return Phantom(image=image, label=label, affine=affine)
 
 
+def msd_grid(rng: np.random.Generator, slices: int) -> GridSpec:
+    """A Decathlon-size grid: 512x512 at 0.6–0.98 mm in-plane, ``slices`` slices 0.7–5 mm thick covering about
+    400 mm (the MSD liver cases run from 74 to 987 slices), any axis flip."""
+    in_plane = float(np.round(rng.uniform(0.6, 0.98), 3))
+    thickness = float(np.clip(np.round(400.0 / slices, 2), 0.7, 5.0))
+    flips = tuple(bool(b) for b in rng.integers(0, 2, size=3))
+    return GridSpec(shape=(512, 512, slices), spacing=(in_plane, in_plane, thickness), flips=flips)
+
+
 def write_dataset(out: Path, cases: int, seed: int, matrix: tuple[int, int] = (256, 320)) -> list[str]:
     """Write ``cases`` phantoms as an MSD Task03_Liver folder (``dataset.json``, ``imagesTr``, ``labelsTr``).
 
     Case ``i`` depends only on ``(seed, i)``, so growing a data set keeps its earlier cases identical.
     Returns the case ids.
     """
+    def draw(i: int) -> Phantom:
+        rng = np.random.default_rng([seed, i])
+        return make_phantom(rng, random_grid(rng, matrix))
+
+    return _write_msd_folder(Path(out), draw, cases, f"Synthetic abdominal CT phantoms (liverseg synth, seed {seed})")
+
+
+def write_msd_cases(out: Path, slices: list[int], seed: int) -> list[str]:
+    """Write one Decathlon-size phantom per entry of ``slices`` (its slice count, on a 512x512 grid: see
+    ``msd_grid``) as an MSD Task03_Liver folder, for memory and time measurements at real size. Case ``i``
+    depends only on ``(seed, i, slices[i])``. Returns the case ids.
+
+    A 987-slice case is 259 M voxels: drawing it takes a few GB and about a minute.
+    """
+    def draw(i: int) -> Phantom:
+        rng = np.random.default_rng([seed, i, slices[i]])
+        return make_phantom(rng, msd_grid(rng, slices[i]))
+
+    description = f"Decathlon-size phantoms (liverseg synth --msd-slices, seed {seed})"
+    return _write_msd_folder(Path(out), draw, len(slices), description)
+
+
+def _write_msd_folder(out: Path, draw: Callable[[int], Phantom], cases: int, description: str) -> list[str]:
+    """Draw case ``i`` with ``draw(i)`` and write it, one case in memory at a time; then ``dataset.json``."""
     import nibabel as nib
 
-    out = Path(out)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     ids = []
     for i in range(cases):
-        rng = np.random.default_rng([seed, i])
-        phantom = make_phantom(rng, random_grid(rng, matrix))
+        phantom = draw(i)
         case_id = f"liver_{i}"
         for folder, array in (("imagesTr", phantom.image), ("labelsTr", phantom.label)):
             img = nib.Nifti1Image(array, phantom.affine)
@@ -278,10 +310,11 @@ def write_dataset(out: Path, cases: int, seed: int, matrix: tuple[int, int] = (2
             img.header.set_qform(phantom.affine, code=1)
             img.header.set_sform(phantom.affine, code=1)
             nib.save(img, out / folder / f"{case_id}.nii.gz")
+        del phantom
         ids.append(case_id)
     dataset = {
         "name": "LiverSynthetic",
-        "description": f"Synthetic abdominal CT phantoms (liverseg synth, seed {seed})",
+        "description": description,
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
         "labels": {"0": "background", "1": "liver", "2": "cancer"},
