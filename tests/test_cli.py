@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from liverseg import logs
@@ -82,3 +83,26 @@ def test_the_secret_of_any_store_client_is_scrubbed(capsys):
     ObjectStore(settings)
     logging.getLogger("liverseg.test").error("failed", extra={"error": f"key {settings.secret_key} refused"})
     assert json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"] == "key *** refused"
+
+
+def test_synth_msd_slices_draws_decathlon_size_cases(tmp_path):
+    """``liverseg synth --msd-slices``: one 512x512 case per slice count, Decathlon spacings, the same bytes twice."""
+    import nibabel as nib
+
+    for out in (tmp_path / "a", tmp_path / "b"):
+        done = subprocess.run([sys.executable, "-m", "liverseg", "synth", "--out", str(out), "--msd-slices", "8", "74",
+                               "--seed", "3"], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    dataset = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    assert [c["image"] for c in dataset["training"]] == ["./imagesTr/liver_0.nii.gz", "./imagesTr/liver_1.nii.gz"]
+    for case, slices in (("liver_0", 8), ("liver_1", 74)):
+        image = nib.load(tmp_path / "a" / "imagesTr" / f"{case}.nii.gz")
+        label = nib.load(tmp_path / "a" / "labelsTr" / f"{case}.nii.gz")
+        assert image.shape == label.shape == (512, 512, slices)
+        in_plane, _, thickness = image.header.get_zooms()
+        assert 0.56 <= in_plane <= 1.0 and 0.7 <= thickness <= 5.0
+        assert image.get_data_dtype() == "int16" and label.get_data_dtype() == "uint8"
+        for folder in ("imagesTr", "labelsTr"):
+            assert ((tmp_path / "a" / folder / f"{case}.nii.gz").read_bytes()
+                    == (tmp_path / "b" / folder / f"{case}.nii.gz").read_bytes())
+    assert np.asarray(nib.load(tmp_path / "a" / "labelsTr" / "liver_1.nii.gz").dataobj).any()  # a liver in 74 slices

@@ -258,9 +258,9 @@ def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phan
 
 
 def msd_grid(rng: np.random.Generator, slices: int) -> GridSpec:
-    """A Decathlon-size grid: 512x512 at 0.6–0.98 mm in-plane, ``slices`` slices 0.7–5 mm thick covering about
+    """A Decathlon-size grid: 512x512 at 0.56–1.0 mm in-plane, ``slices`` slices 0.7–5 mm thick covering about
     400 mm (the MSD liver cases run from 74 to 987 slices), any axis flip."""
-    in_plane = float(np.round(rng.uniform(0.6, 0.98), 3))
+    in_plane = float(np.round(rng.uniform(0.56, 1.0), 3))
     thickness = float(np.clip(np.round(400.0 / slices, 2), 0.7, 5.0))
     flips = tuple(bool(b) for b in rng.integers(0, 2, size=3))
     return GridSpec(shape=(512, 512, slices), spacing=(in_plane, in_plane, thickness), flips=flips)
