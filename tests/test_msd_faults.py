@@ -67,7 +67,7 @@ def test_store_restart_while_a_987_slice_case_uploads(server, large, undisturbed
     result = finish(process, timeout=1800)
     assert result["ok"] == [case]
     assert contents(store, "runs/r/convert/") == undisturbed
-    record({"id": "d-msd-store-restart", "fault": f"S3 server restarted while convert uploaded a {SLICES}-slice "
+    record({"id": "e-msd-store-restart", "fault": f"S3 server restarted while convert uploaded a {SLICES}-slice "
             f"case (after {written} of {SLICES} slices)", "survived": True,
             "detail": f"{len(undisturbed)} objects identical to an undisturbed run"})
 
@@ -83,6 +83,6 @@ def test_stage_killed_while_it_writes_a_987_slice_case(server, large, undisturbe
     result = finish(stage_process(store, "convert"), timeout=1800)
     assert result["ok"] == [case]
     assert contents(store, "runs/r/convert/") == undisturbed
-    record({"id": "e-msd-killed", "fault": f"convert killed (SIGKILL) while writing a {SLICES}-slice case "
+    record({"id": "f-msd-killed", "fault": f"convert killed (SIGKILL) while writing a {SLICES}-slice case "
             f"({written} of {SLICES} slices uploaded), then re-run", "survived": True,
             "detail": "no record of the half-written case; the re-run's outputs identical to an undisturbed run"})

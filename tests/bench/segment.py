@@ -73,7 +73,12 @@ def dice(a: Path, b: Path) -> float:
     import nibabel as nib
     import numpy as np
 
-    x, y = (np.asarray(nib.load(p).dataobj) > 0 for p in (a, b))
+    # The two readers may store the same grid in other axis orders and signs: compare in RAS+, same grid required.
+    x, y = (nib.as_closest_canonical(nib.load(p)) for p in (a, b))
+    if x.shape != y.shape or not np.allclose(x.affine, y.affine, atol=1e-3):
+        raise SystemExit(f"the two masks are not on the same grid: {x.shape} {x.affine.tolist()} vs {y.shape} "
+                         f"{y.affine.tolist()}")
+    x, y = (np.asarray(img.dataobj) > 0 for img in (x, y))
     return float(2 * np.logical_and(x, y).sum() / max(x.sum() + y.sum(), 1))
 
 
