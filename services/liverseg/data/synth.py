@@ -14,41 +14,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-LIVER, TUMOUR = 1, 2
-
-
-@dataclass(frozen=True)
-class Phantom:
-    """One synthetic case: ``image`` int16 HU and ``label`` uint8 (0 background, 1 liver, 2 tumour), both (x, y, z)
-    voxel order, with ``affine`` mapping voxel indices to RAS+ millimetres (nibabel convention)."""
-
-    image: np.ndarray
-    label: np.ndarray
-    affine: np.ndarray
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    """How a case is sampled: voxel counts, spacing in mm and the sign of each axis in RAS+."""
-
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    flips: tuple[bool, bool, bool]
-
-    def affine(self, centre_mm: np.ndarray) -> np.ndarray:
-        signs = np.where(self.flips, -1.0, 1.0)
-        steps = signs * np.asarray(self.spacing)
-        affine = np.diag([*steps, 1.0])
-        # Place the grid so its centre lands on centre_mm.
-        half = (np.asarray(self.shape) - 1) / 2.0
-        affine[:3, 3] = centre_mm - steps * half
-        return affine
+from liverseg.data.phantom import LIVER, TUMOUR, GridSpec, Phantom, axis_coords, rotation
 
 
 def random_grid(rng: np.random.Generator, matrix: tuple[int, int] = (256, 320)) -> GridSpec:
@@ -70,9 +41,8 @@ class _World:
     """
 
     def __init__(self, affine: np.ndarray, shape: tuple[int, int, int]):
-        self.x = (affine[0, 0] * np.arange(shape[0]) + affine[0, 3]).astype(np.float32)[:, None, None]
-        self.y = (affine[1, 1] * np.arange(shape[1]) + affine[1, 3]).astype(np.float32)[None, :, None]
-        self.z = (affine[2, 2] * np.arange(shape[2]) + affine[2, 3]).astype(np.float32)[None, None, :]
+        xs, ys, zs = axis_coords(affine, shape)
+        self.x, self.y, self.z = xs[:, None, None], ys[None, :, None], zs[None, None, :]
         self.shape = shape
 
     def _box(self, centre, reach: float) -> tuple[slice, slice, slice]:
@@ -116,16 +86,6 @@ def _smooth_field(rng: np.random.Generator, world: _World, wavelength_mm: float,
         field += (np.cos(k[0] * world.x + phase[0]) * np.cos(k[1] * world.y + phase[1])
                   * np.cos(k[2] * world.z + phase[2]))
     return field * np.float32(amplitude * 2 / np.sqrt(terms))
-
-
-def _rotation(rng: np.random.Generator, degrees: float) -> np.ndarray:
-    angles = np.deg2rad(rng.uniform(-degrees, degrees, size=3))
-    cx, cy, cz = np.cos(angles)
-    sx, sy, sz = np.sin(angles)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phantom:
@@ -197,7 +157,7 @@ def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phan
         hu[psoas] = muscle_hu
 
     # Liver: right lobe, left lobe crossing the midline, caudate; unioned and deformed by a smooth field.
-    liver_rot = _rotation(rng, 10)
+    liver_rot = rotation(rng, 10)
     lobes = [
         ((85 * s, 5 * s, liver_z - 35 * s), np.array([62, 70, 78]) * s),          # right lobe
         ((20 * s, 35 * s, liver_z - 25 * s), np.array([55, 38, 45]) * s),         # medial / left lobe
@@ -226,7 +186,7 @@ def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phan
     vessel_hu = {"native": 40.0, "arterial": 120.0, "portal": 170.0}[phase]
     for _ in range(int(rng.integers(2, 5))):
         c = np.array(lobes[0][0]) + rng.uniform(-30, 30, size=3) * s
-        vessel = (w.ellipsoid(c, np.array([4, 4, 45]) * s, _rotation(rng, 60)) < 1) & liver
+        vessel = (w.ellipsoid(c, np.array([4, 4, 45]) * s, rotation(rng, 60)) < 1) & liver
         hu[vessel] = vessel_hu
     # Tumours: hypodense spheres inside the liver (label 2), none in some cases.
     for _ in range(int(rng.choice([0, 0, 1, 1, 2, 3]))):
@@ -241,11 +201,11 @@ def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phan
 
     # Spleen (left, posterior, liver-like HU) and kidneys (posterior, either side of the spine).
     spleen = (w.ellipsoid((-85 * s, -35 * s, liver_z - 50 * s), np.array([30, 48, 55]) * s * rng.uniform(0.8, 1.2),
-                          _rotation(rng, 15)) < 1) & cavity & ~liver
+                          rotation(rng, 15)) < 1) & cavity & ~liver
     hu[spleen] = spleen_hu + texture[spleen]
     for side in (-1, 1):
         kc = (side * 62 * s, -ap + 70 * s, liver_z - rng.uniform(95, 120) * s)
-        kidney = (w.ellipsoid(kc, np.array([24, 30, 50]) * s, _rotation(rng, 20)) < 1) & cavity & ~liver
+        kidney = (w.ellipsoid(kc, np.array([24, 30, 50]) * s, rotation(rng, 20)) < 1) & cavity & ~liver
         hu[kidney] = kidney_hu
         hu[kidney & (w.ellipsoid(kc, np.array([10, 12, 30]) * s) < 1)] = rng.uniform(0, 20)  # renal sinus fat/urine
 
