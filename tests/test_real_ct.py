@@ -3,17 +3,21 @@ box and a model's figures on the real CT in ../shared/data."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import shared_data_or_skip
+from liverseg import real_ct
+from liverseg.commands.run import real_ct_lines
 from liverseg.data.anatomy import draw_case
 from liverseg.data.anatomy.render import render_grid
 from liverseg.data.phantom import axis_coords
 from liverseg.imaging import dicom_read, dicom_volume
 from liverseg.imaging.geometry import Volume
-from liverseg.real_ct import DCMQI, TCIA, RealCheck, body_box, check_model, mask_geography, montage
+from liverseg.real_ct import DCMQI, TCIA, RealCheck, body_box, mask_geography, montage
 from model_files import soft_tissue_model
 
 
@@ -60,19 +64,25 @@ def test_body_box_on_the_real_series_leaves_the_table_out():
 
 
 @pytest.mark.slow
-def test_a_models_figures_on_both_real_scans(tmp_path):
-    """``check_model``, as ``liverseg run`` calls it after its summary: both scans segmented through the inference
-    path, the figures in range, the TCIA overlays and mask written. The soft-tissue model is no liver model: this
-    checks the plumbing, not the figures."""
-    data = shared_data_or_skip(DCMQI).parent
+def test_a_models_figures_on_both_real_scans_as_liverseg_run_prints_them(tmp_path):
+    """``check_model`` through ``liverseg run``'s last step: both scans segmented through the inference path, the
+    figures in range, printed and written with the TCIA overlays and mask. The soft-tissue model is no liver model:
+    this checks the plumbing, not the figures."""
+    shared_data_or_skip(DCMQI)
     shared_data_or_skip(TCIA)
     model = soft_tissue_model(tmp_path / "model.pt")
-    check = check_model(model.read_bytes(), tmp_path / "real_ct", data)
+    out = tmp_path / "real_ct"
+    printed = real_ct_lines(model, out)
+    check = RealCheck(**{**json.loads((out / "real_ct.json").read_text()), "overlay": out / "tcia_overlays.png"})
+    assert check.line() in printed and str(check.overlay) in printed
     assert check.dcmqi_dice is not None and 0 <= check.dcmqi_dice <= 1
     assert check.tcia_liver_ml is not None and check.tcia_liver_ml > 0
     assert check.tcia_left_fraction is not None and 0 <= check.tcia_left_fraction <= 1
     assert check.tcia_height_mm is not None and check.tcia_height_mm > 0
-    assert check.overlay == tmp_path / "real_ct" / "tcia_overlays.png" and check.overlay.exists()
-    assert (tmp_path / "real_ct" / "tcia_mask.nii.gz").exists()
-    assert check.line().startswith(f"dcmqi Dice {check.dcmqi_dice:.4f}  TCIA liver ")
+    assert check.overlay.exists() and (out / "tcia_mask.nii.gz").exists()
+
+
+def test_without_the_real_ct_the_run_says_it_skipped_the_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(real_ct, "shared_data", lambda: tmp_path)
+    assert real_ct_lines(tmp_path / "no-model.pt", tmp_path / "out") == f"\n  real CT: none under {tmp_path} (skipped)"
     assert RealCheck(None, None, None, None, None).line().count("n/a") == 4
