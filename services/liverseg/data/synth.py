@@ -287,9 +287,9 @@ def write_msd_cases(out: Path, slices: list[int], seed: int) -> list[str]:
 
     The phantoms come from the anatomy generator (``data.anatomy``, ``msd`` size with the slice count given), which
     paints a grid slab by slab: a case needs little more than its int16 image and uint8 label. Measured on 2 cores
-    (``/usr/bin/time -v``, the NIfTI writing included): a 987-slice case (259 M voxels) peaks at 1.06 GB resident
-    and takes about 40 s; the legacy ``make_phantom``, with whole-grid float32 arrays, peaked at 3.75 GB for 300
-    slices of that matrix, about 12 GB for 987.
+    (``/usr/bin/time -v``, the NIfTI writing included): a 987-slice case (259 M voxels) peaks at 1.0 GiB resident
+    and takes about 40 s; the legacy ``make_phantom``, with whole-grid float32 arrays, peaks at 3.6 GiB for 300
+    slices of that matrix, about 12 GiB for 987 (docs/BENCHMARKS.md, ``make bench-synth``).
     """
     def draw(i: int) -> Phantom:
         return anatomy.make_phantom(np.random.default_rng([seed, i, slices[i]]), size="msd", slices=slices[i])
