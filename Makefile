@@ -12,7 +12,8 @@ APT_TOOLS := dcm2niix dicom3tools dcmtk plastimatch prometheus prometheus-pushga
 HELM := .liverseg/tools/helm
 
 .PHONY: help venv lock tools helm render validate run test check lint bench bench-quality bench-dicom bench-scale \
-  reliability-doc clean images test-images bench-msd bench-segment bench-train bench-gpu viewer-tools test-viewer
+  reliability-doc clean images test-images bench-msd bench-segment bench-train bench-gpu bench-synth viewer-tools \
+  test-viewer
 
 help:
 	@echo "make run    - set up, start the embedded store, run the pipeline on $(CASES) synthetic cases, stop the store"
@@ -25,7 +26,9 @@ help:
 	@echo "make render - Argo WorkflowTemplates/CronWorkflow: the chart's copy, and build/workflows/<overlay>"
 	@echo "make validate - workflows, kustomize overlays and the Helm chart against their schemas"
 	@echo "make bench  - every benchmark below, one after another (about an hour on 2 cores)"
-	@echo "make bench-quality - seed vs default held-out Dice under the same CPU budget -> bench-results/quality.json"
+	@echo "make bench-quality - phantom generators (legacy vs anatomy) under the same CPU budget: phantom and real-CT"
+	@echo "                    figures -> bench-results/quality.json (MODES='legacy anatomy seed ...' to choose)"
+	@echo "make bench-synth - phantom generators' time and peak memory up to a 512x512x987 grid -> bench-results/synth.json"
 	@echo "make bench-dicom - our DICOM<->NIfTI vs dcm2niix and plastimatch on the TCIA series -> bench-results/dicom.json"
 	@echo "make bench-scale - convert/group/preprocess over 10, 50, 200 cases: s/case, peak RSS -> bench-results/scale.json"
 	@echo "make bench-msd - every stage at Decathlon size vs its pod's memory limit -> bench-results/msd_scale.json"
@@ -76,13 +79,20 @@ check: venv
 	$(PY) -m mypy
 	$(PY) -m pytest -q -x -m "not slow and not images and not msd and not viewer"
 
-# Both profiles on 36 fixed phantoms, the same training budget each (BUDGET_S seconds; ~40 min in all on 2 cores).
+# Each mode (a phantom generator and a profile) on its own 36 fixed phantoms, the same training budget each
+# (BUDGET_S seconds), then on the real CT in ../shared/data (~45 min for the two default modes on 2 cores).
 BUDGET_S ?= 900
+MODES ?= legacy anatomy
 # Every benchmark, one after another (about an hour on 2 cores; run on an otherwise idle machine).
-bench: bench-dicom bench-scale bench-train bench-quality
+bench: bench-dicom bench-scale bench-train bench-quality bench-synth
 
 bench-quality: venv
-	$(PY) tests/bench/quality.py --budget-s $(BUDGET_S)
+	$(PY) tests/bench/quality.py --budget-s $(BUDGET_S) --modes $(MODES)
+
+# Phantom generation, each case in its own process: seconds and peak RSS from a make-run case to 512x512x987
+# (~2 min on 2 cores) -> bench-results/synth.json.
+bench-synth: venv
+	$(PY) tests/bench/synth_size.py
 
 $(HELM): charts/fetch_helm.py | venv
 	$(PY) charts/fetch_helm.py $(HELM)

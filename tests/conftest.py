@@ -67,11 +67,12 @@ def store_env(settings, monkeypatch, tmp_path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
-    """Five small synthetic cases (128–160 px matrix) in the MSD layout; generated once per session."""
+    """Five small synthetic cases (128–160 px matrix) in the MSD layout; generated once per session. Legacy
+    phantoms: the pipeline's mechanics need small, fast cases, not anatomy (``test_anatomy`` covers that one)."""
     from liverseg.data.synth import write_dataset
 
     root = tmp_path_factory.mktemp("tiny-msd")
-    write_dataset(root, cases=5, seed=7, matrix=(128, 160))
+    write_dataset(root, cases=5, seed=7, matrix=(128, 160), generator="legacy")
     return root
 
 

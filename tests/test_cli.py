@@ -106,3 +106,15 @@ def test_synth_msd_slices_draws_decathlon_size_cases(tmp_path):
             assert ((tmp_path / "a" / folder / f"{case}.nii.gz").read_bytes()
                     == (tmp_path / "b" / folder / f"{case}.nii.gz").read_bytes())
     assert np.asarray(nib.load(tmp_path / "a" / "labelsTr" / "liver_1.nii.gz").dataobj).any()  # a liver in 74 slices
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--generator", "legacy", "--size", "msd"], "the legacy generator has pipeline-size grids"),
+    (["--generator", "legacy", "--randomise", "0.3"], "no intensity randomisation"),
+    (["--msd-slices", "120", "--generator", "legacy"], "--msd-slices draws anatomy phantoms"),
+    (["--randomise", "2"], "randomise is a share of the cases"),
+])
+def test_synth_refuses_settings_its_generator_does_not_have(tmp_path, args, error):
+    done = liverseg("synth", "--out", str(tmp_path / "out"), "--cases", "1", *args)
+    assert done.returncode == 2 and error in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

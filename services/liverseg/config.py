@@ -86,6 +86,9 @@ class TrainConfig(_Section):
     rotate_deg: float = Field(0.0, ge=0, le=45, description="spatial: random rotation up to ± this about each axis")
     scale_range: float = Field(0.0, ge=0, lt=1, description="spatial: random zoom by up to ± this fraction")
     spatial_prob: float = Field(0.2, ge=0, le=1, description="probability of the rotation/zoom for one patch")
+    thin_slab: float = Field(0.0, ge=0, le=1, description=(
+        "probability that a training patch is cut to a slab of 1-8 slices, the rest zeroed as inference pads a thin "
+        "series (ml/augment.py); 0: never"))
     val_interval: int = Field(1, ge=1)
     checkpoint_every: int = Field(5, ge=1)
     selection: Literal["dice", "seed_soft"] = Field(

@@ -55,25 +55,41 @@ def _pixel_size(view: str, zooms: tuple[float, float, float]) -> tuple[float, fl
     return {"axial": (y, x), "coronal": (z, x), "sagittal": (z, y)}[view]
 
 
-def overlay_pngs(image: Volume, mask: np.ndarray, height: int = 320) -> dict[str, bytes]:
-    """One PNG per view through the liver's centre of mass (the volume's centre when the mask is empty)."""
+def ras_arrays(image: Volume, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The image and a mask on its grid in RAS order (views: nothing copied), and the voxel size per RAS axis."""
     hu, zooms = _canonical(image)
     liver, _ = _canonical(Volume(mask, image.affine))
+    return hu, liver, zooms
+
+
+def view_picture(hu: np.ndarray, liver: np.ndarray, zooms: tuple[float, float, float], view: str, index: int,
+                 height: int) -> Image.Image:
+    """One slice of RAS-ordered arrays (``ras_arrays``) as a picture ``height`` pixels tall: the abdomen window,
+    the liver in red, pixels stretched to their physical aspect ratio.
+
+    Args:
+        view: ``axial``, ``coronal`` or ``sagittal``; ``index`` the slice along that view's RAS axis.
+    """
+    lo, hi = DISPLAY_WINDOW
+    gray = np.clip((_slice(hu, view, index).astype(np.float32) - lo) / (hi - lo), 0, 1) * 255
+    seg = _slice(liver, view, index) > 0
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    rgb[seg] = 0.55 * rgb[seg] + 0.45 * LIVER_RGB
+    row_mm, col_mm = _pixel_size(view, zooms)
+    rows, cols = seg.shape
+    width = max(1, round(height * (cols * col_mm) / (rows * row_mm)))
+    return Image.fromarray(rgb.astype(np.uint8)).resize((width, height), Image.Resampling.BILINEAR)
+
+
+def overlay_pngs(image: Volume, mask: np.ndarray, height: int = 320) -> dict[str, bytes]:
+    """One PNG per view through the liver's centre of mass (the volume's centre when the mask is empty)."""
+    hu, liver, zooms = ras_arrays(image, mask)
     centre = _centre(liver) if liver.any() else (np.array(hu.shape) - 1) / 2
     index = {"axial": round(centre[2]), "coronal": round(centre[1]), "sagittal": round(centre[0])}
-    lo, hi = DISPLAY_WINDOW
     pngs = {}
     for view in VIEWS:
-        gray = np.clip((_slice(hu, view, index[view]).astype(np.float32) - lo) / (hi - lo), 0, 1) * 255
-        seg = _slice(liver, view, index[view]) > 0
-        rgb = np.repeat(gray[..., None], 3, axis=2)
-        rgb[seg] = 0.55 * rgb[seg] + 0.45 * LIVER_RGB
-        row_mm, col_mm = _pixel_size(view, zooms)
-        rows, cols = seg.shape
-        width = max(1, round(height * (cols * col_mm) / (rows * row_mm)))
-        picture = Image.fromarray(rgb.astype(np.uint8)).resize((width, height), Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
+        view_picture(hu, liver, zooms, view, index[view], height).save(buffer, format="PNG")
         pngs[view] = buffer.getvalue()
     return pngs
 

@@ -1,4 +1,5 @@
-"""make bench-scale: convert → group → preprocess over 10, 50 and 200 synthetic cases.
+"""make bench-scale: convert → group → preprocess over 10, 50 and 200 synthetic cases (legacy phantoms: the data
+its recorded figures were measured on, and the data folder it keeps).
 
 Each stage runs as its own process (``--workers W`` children share the cases); wall time per case and the peak
 resident memory of the largest process (VmHWM, polled every 0.1 s) are measured for each size. Peak RSS must not
@@ -79,7 +80,7 @@ def main() -> None:
     data = home() / "data" / f"bench-scale-seed{SEED}-n{cases}"
     if not (data / "dataset.json").exists():
         print(f"generating {cases} phantoms in {data}")
-        write_dataset(data, cases, SEED)
+        write_dataset(data, cases, SEED, generator="legacy")
     server = EmbeddedStore(root=home() / "bench-scale-store", s3_port=find_free_s3_port())
     settings = server.up()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIVERSEG")}, **settings.to_env()}

@@ -32,12 +32,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
 from liverseg.config import TrainConfig, load_profile
-from liverseg.data.synth import make_phantom, random_grid
+from liverseg.data.synth import dataset_case
 from liverseg.imaging.geometry import Volume
 from liverseg.ml import distributed
 from liverseg.ml.distributed import Ranks, launch
@@ -61,8 +60,7 @@ def phantoms(cases: int, profile_name: str) -> list[tuple[torch.Tensor, torch.Te
     cfg = load_profile(profile_name, environ={}).preprocess
     out = []
     for i in range(cases):
-        rng = np.random.default_rng([0, i])
-        p = make_phantom(rng, random_grid(rng))
+        p = dataset_case(0, i)
         image, label = preprocess_pair(Volume(p.image, p.affine), Volume(p.label, p.affine), cfg)
         out.append((torch.from_numpy(image), torch.from_numpy(label)))
     return out

@@ -1,5 +1,10 @@
 """Synthetic abdominal CT phantoms in the Medical Segmentation Decathlon Task03_Liver layout.
 
+Two generators write the same layout (``write_dataset``): ``anatomy`` (the default; ``data.anatomy``: an adult
+patient at real size, chest to pelvis, contrast phases, the scanner; docs/PHANTOMS.md) and ``legacy``, this
+module's first phantom generator (``make_phantom``), kept as the reference the benchmarks compare against and for
+the tests that need a small, fast phantom. What follows describes ``legacy``.
+
 A phantom is built in world space (RAS+, millimetres) from implicit shapes, then sampled onto a voxel grid whose
 spacing, size and axis directions vary per case, so resampling, reorientation and cropping in the pipeline see
 the same variety they see on real scans. Intensities are Hounsfield units stored as int16, like MSD images.
@@ -14,41 +19,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-LIVER, TUMOUR = 1, 2
+from liverseg.data import anatomy
+from liverseg.data.phantom import LIVER, TUMOUR, GridSpec, Phantom, axis_coords, rotation
+from liverseg.errors import UsageError
 
+__all__ = ["GENERATORS", "GridSpec", "Phantom", "check_settings", "dataset_case", "make_phantom", "random_grid",
+           "write_dataset", "write_msd_cases"]
 
-@dataclass(frozen=True)
-class Phantom:
-    """One synthetic case: ``image`` int16 HU and ``label`` uint8 (0 background, 1 liver, 2 tumour), both (x, y, z)
-    voxel order, with ``affine`` mapping voxel indices to RAS+ millimetres (nibabel convention)."""
-
-    image: np.ndarray
-    label: np.ndarray
-    affine: np.ndarray
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    """How a case is sampled: voxel counts, spacing in mm and the sign of each axis in RAS+."""
-
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    flips: tuple[bool, bool, bool]
-
-    def affine(self, centre_mm: np.ndarray) -> np.ndarray:
-        signs = np.where(self.flips, -1.0, 1.0)
-        steps = signs * np.asarray(self.spacing)
-        affine = np.diag([*steps, 1.0])
-        # Place the grid so its centre lands on centre_mm.
-        half = (np.asarray(self.shape) - 1) / 2.0
-        affine[:3, 3] = centre_mm - steps * half
-        return affine
+GENERATORS = ("anatomy", "legacy")
 
 
 def random_grid(rng: np.random.Generator, matrix: tuple[int, int] = (256, 320)) -> GridSpec:
@@ -70,9 +53,8 @@ class _World:
     """
 
     def __init__(self, affine: np.ndarray, shape: tuple[int, int, int]):
-        self.x = (affine[0, 0] * np.arange(shape[0]) + affine[0, 3]).astype(np.float32)[:, None, None]
-        self.y = (affine[1, 1] * np.arange(shape[1]) + affine[1, 3]).astype(np.float32)[None, :, None]
-        self.z = (affine[2, 2] * np.arange(shape[2]) + affine[2, 3]).astype(np.float32)[None, None, :]
+        xs, ys, zs = axis_coords(affine, shape)
+        self.x, self.y, self.z = xs[:, None, None], ys[None, :, None], zs[None, None, :]
         self.shape = shape
 
     def _box(self, centre, reach: float) -> tuple[slice, slice, slice]:
@@ -116,16 +98,6 @@ def _smooth_field(rng: np.random.Generator, world: _World, wavelength_mm: float,
         field += (np.cos(k[0] * world.x + phase[0]) * np.cos(k[1] * world.y + phase[1])
                   * np.cos(k[2] * world.z + phase[2]))
     return field * np.float32(amplitude * 2 / np.sqrt(terms))
-
-
-def _rotation(rng: np.random.Generator, degrees: float) -> np.ndarray:
-    angles = np.deg2rad(rng.uniform(-degrees, degrees, size=3))
-    cx, cy, cz = np.cos(angles)
-    sx, sy, sz = np.sin(angles)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phantom:
@@ -197,7 +169,7 @@ def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phan
         hu[psoas] = muscle_hu
 
     # Liver: right lobe, left lobe crossing the midline, caudate; unioned and deformed by a smooth field.
-    liver_rot = _rotation(rng, 10)
+    liver_rot = rotation(rng, 10)
     lobes = [
         ((85 * s, 5 * s, liver_z - 35 * s), np.array([62, 70, 78]) * s),          # right lobe
         ((20 * s, 35 * s, liver_z - 25 * s), np.array([55, 38, 45]) * s),         # medial / left lobe
@@ -226,7 +198,7 @@ def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phan
     vessel_hu = {"native": 40.0, "arterial": 120.0, "portal": 170.0}[phase]
     for _ in range(int(rng.integers(2, 5))):
         c = np.array(lobes[0][0]) + rng.uniform(-30, 30, size=3) * s
-        vessel = (w.ellipsoid(c, np.array([4, 4, 45]) * s, _rotation(rng, 60)) < 1) & liver
+        vessel = (w.ellipsoid(c, np.array([4, 4, 45]) * s, rotation(rng, 60)) < 1) & liver
         hu[vessel] = vessel_hu
     # Tumours: hypodense spheres inside the liver (label 2), none in some cases.
     for _ in range(int(rng.choice([0, 0, 1, 1, 2, 3]))):
@@ -241,11 +213,11 @@ def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phan
 
     # Spleen (left, posterior, liver-like HU) and kidneys (posterior, either side of the spine).
     spleen = (w.ellipsoid((-85 * s, -35 * s, liver_z - 50 * s), np.array([30, 48, 55]) * s * rng.uniform(0.8, 1.2),
-                          _rotation(rng, 15)) < 1) & cavity & ~liver
+                          rotation(rng, 15)) < 1) & cavity & ~liver
     hu[spleen] = spleen_hu + texture[spleen]
     for side in (-1, 1):
         kc = (side * 62 * s, -ap + 70 * s, liver_z - rng.uniform(95, 120) * s)
-        kidney = (w.ellipsoid(kc, np.array([24, 30, 50]) * s, _rotation(rng, 20)) < 1) & cavity & ~liver
+        kidney = (w.ellipsoid(kc, np.array([24, 30, 50]) * s, rotation(rng, 20)) < 1) & cavity & ~liver
         hu[kidney] = kidney_hu
         hu[kidney & (w.ellipsoid(kc, np.array([10, 12, 30]) * s) < 1)] = rng.uniform(0, 20)  # renal sinus fat/urine
 
@@ -257,40 +229,72 @@ def make_phantom(rng: np.random.Generator, grid: GridSpec | None = None) -> Phan
     return Phantom(image=image, label=label, affine=affine)
 
 
-def msd_grid(rng: np.random.Generator, slices: int) -> GridSpec:
-    """A Decathlon-size grid: 512x512 at 0.56–1.0 mm in-plane, ``slices`` slices 0.7–5 mm thick covering about
-    400 mm (the MSD liver cases run from 74 to 987 slices), any axis flip."""
-    in_plane = float(np.round(rng.uniform(0.56, 1.0), 3))
-    thickness = float(np.clip(np.round(400.0 / slices, 2), 0.7, 5.0))
-    flips = tuple(bool(b) for b in rng.integers(0, 2, size=3))
-    return GridSpec(shape=(512, 512, slices), spacing=(in_plane, in_plane, thickness), flips=flips)
+def check_settings(generator: str, size: str, randomise: float) -> None:
+    """Raises ``UsageError`` for an unknown generator or size, or settings the legacy generator does not have."""
+    if generator not in GENERATORS:
+        raise UsageError(f"generator must be one of {GENERATORS}, not {generator!r}")
+    if size not in anatomy.SIZES:
+        raise UsageError(f"size must be one of {anatomy.SIZES}, not {size!r}")
+    if not 0 <= randomise <= 1:
+        raise UsageError(f"randomise is a share of the cases, 0 to 1, not {randomise:g}")
+    if generator == "legacy" and (size != "pipeline" or randomise):
+        raise UsageError("the legacy generator has pipeline-size grids and no intensity randomisation")
 
 
-def write_dataset(out: Path, cases: int, seed: int, matrix: tuple[int, int] = (256, 320)) -> list[str]:
-    """Write ``cases`` phantoms as an MSD Task03_Liver folder (``dataset.json``, ``imagesTr``, ``labelsTr``).
+def dataset_case(seed: int, i: int, generator: str = "anatomy", size: str = "pipeline",
+                 matrix: tuple[int, int] = (256, 320), randomise: float = 0.0) -> Phantom:
+    """Case ``i`` of the data set ``write_dataset`` writes with these settings: it depends only on them and
+    ``(seed, i)``, so growing a data set keeps its earlier cases identical.
 
-    Case ``i`` depends only on ``(seed, i)``, so growing a data set keeps its earlier cases identical.
-    Returns the case ids.
+    Args:
+        seed: data set seed.
+        i: case index.
+        generator: ``anatomy`` or ``legacy`` (see the module docstring).
+        size: ``pipeline`` grids (``matrix``, 64–160 slices) or ``msd`` (the MSD liver set's 512×512, 74–987
+            slices); ``anatomy`` only.
+        matrix: in-plane matrix bounds (pixels) of ``pipeline``-size grids.
+        randomise: share of ``anatomy`` cases whose soft tissues get random HU (``data.anatomy.tissues``).
+
+    Raises:
+        UsageError: see ``check_settings``.
     """
-    def draw(i: int) -> Phantom:
-        rng = np.random.default_rng([seed, i])
+    check_settings(generator, size, randomise)
+    rng = np.random.default_rng([seed, i])
+    if generator == "legacy":
         return make_phantom(rng, random_grid(rng, matrix))
+    return anatomy.make_phantom(rng, size=size, matrix=matrix, randomise=randomise)
 
-    return _write_msd_folder(Path(out), draw, cases, f"Synthetic abdominal CT phantoms (liverseg synth, seed {seed})")
+
+def write_dataset(out: Path, cases: int, seed: int, matrix: tuple[int, int] = (256, 320), generator: str = "anatomy",
+                  size: str = "pipeline", randomise: float = 0.0) -> list[str]:
+    """Write ``cases`` phantoms (``dataset_case`` 0, 1, …: see it for the arguments) as an MSD Task03_Liver folder
+    (``dataset.json``, ``imagesTr``, ``labelsTr``). Returns the case ids. Settings are checked before anything is
+    written (``check_settings``)."""
+    check_settings(generator, size, randomise)
+    if generator == "legacy":  # as before there were two generators: a legacy data set is written byte for byte
+        description = f"Synthetic abdominal CT phantoms (liverseg synth, seed {seed})"
+    else:
+        description = (f"Synthetic abdominal CT phantoms (liverseg synth, generator {anatomy.VERSION}, size {size}, "
+                       f"randomise {randomise:g}, seed {seed})")
+    return _write_msd_folder(Path(out), lambda i: dataset_case(seed, i, generator, size, matrix, randomise), cases,
+                             description)
 
 
 def write_msd_cases(out: Path, slices: list[int], seed: int) -> list[str]:
-    """Write one Decathlon-size phantom per entry of ``slices`` (its slice count, on a 512x512 grid: see
-    ``msd_grid``) as an MSD Task03_Liver folder, for memory and time measurements at real size. Case ``i``
-    depends only on ``(seed, i, slices[i])``. Returns the case ids.
+    """Write one Decathlon-size phantom per entry of ``slices`` (its slice count, on a 512x512 grid) as an MSD
+    Task03_Liver folder, for memory and time measurements at real size. Case ``i`` depends only on ``(seed, i,
+    slices[i])``. Returns the case ids.
 
-    A 987-slice case is 259 M voxels: drawing it takes a few GB and about a minute.
+    The phantoms come from the anatomy generator (``data.anatomy``, ``msd`` size with the slice count given), which
+    paints a grid slab by slab: a case needs little more than its int16 image and uint8 label. Measured on 2 cores
+    (``/usr/bin/time -v``, the NIfTI writing included): a 987-slice case (259 M voxels) peaks at 1.0 GiB resident
+    and takes about 40 s; the legacy ``make_phantom``, with whole-grid float32 arrays, peaks at 3.6 GiB for 300
+    slices of that matrix, about 12 GiB for 987 (docs/BENCHMARKS.md, ``make bench-synth``).
     """
     def draw(i: int) -> Phantom:
-        rng = np.random.default_rng([seed, i, slices[i]])
-        return make_phantom(rng, msd_grid(rng, slices[i]))
+        return anatomy.make_phantom(np.random.default_rng([seed, i, slices[i]]), size="msd", slices=slices[i])
 
-    description = f"Decathlon-size phantoms (liverseg synth --msd-slices, seed {seed})"
+    description = f"Decathlon-size phantoms (liverseg synth --msd-slices, generator {anatomy.VERSION}, seed {seed})"
     return _write_msd_folder(Path(out), draw, len(slices), description)
 
 

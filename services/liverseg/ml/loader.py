@@ -3,10 +3,10 @@
 The deterministic part is done once per case and cached (MONAI ``CacheDataset``): the preprocess stage's arrays
 (orientation, spacing, window, crop to the body), padding to the patch size and the liver's voxel indices. The
 random part runs for every draw: patches centred on liver or background (``RandCropByPosNegLabeld`` with those
-indices), spatial and intensity augmentation. With ``train.loader_workers`` > 0 it runs in DataLoader worker
-processes, which prefetch batches (into pinned memory on CUDA) while the device trains on the previous ones;
-with 0 it runs in the training process, one batch at a time. Only the batches in flight are in memory, never an
-epoch of them.
+indices), spatial and intensity augmentation, then (``train.thin_slab``) some patches cut to a thin slab
+(``augment``). With ``train.loader_workers`` > 0 it runs in DataLoader worker processes, which prefetch batches
+(into pinned memory on CUDA) while the device trains on the previous ones; with 0 it runs in the training process,
+one batch at a time. Only the batches in flight are in memory, never an epoch of them.
 
 Reproducibility: the transforms of the training process are seeded from (seed, epoch, rank), exactly as the
 single-process loop always did, and each worker's copy from (seed, epoch, rank, worker) through the loader's
@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from liverseg.config import TrainConfig
 from liverseg.errors import ConfigError
+from liverseg.ml.augment import RandThinSlabd
 
 __all__ = ["EveryVoxel", "LiverIndicesd", "batches", "collate_patches", "draw_order", "rank_seed",
            "share_of_batch", "training_dataset"]
@@ -36,6 +37,7 @@ __all__ = ["EveryVoxel", "LiverIndicesd", "batches", "collate_patches", "draw_or
 FG_KEY, BG_KEY = "fg_indices", "bg_indices"
 NOISE_PROB = 0.15  # nnU-Net's probability for gaussian noise
 PREFETCH_BATCHES = 2  # per worker: batches waiting while the device trains
+THIN_SLAB_SLICES = (1, 8)  # train.thin_slab's slab thickness, voxels (at 2 mm: a 2-16 mm series)
 
 
 class EveryVoxel:
@@ -94,6 +96,9 @@ def _transforms(cfg: TrainConfig) -> list[T.Transform]:
                   T.RandShiftIntensityd("image", offsets=0.05, prob=0.5)]
     if cfg.noise_std:
         steps.append(T.RandGaussianNoised("image", prob=NOISE_PROB, std=cfg.noise_std))
+    if cfg.thin_slab:
+        # Last: the slices it zeroes must stay what inference pads with, whatever came before.
+        steps.append(RandThinSlabd(keys, "label", prob=cfg.thin_slab, slices=THIN_SLAB_SLICES))
     return steps
 
 
