@@ -121,8 +121,9 @@ bench-msd: venv
 	$(PY) -m pytest -q -m msd tests/test_msd_faults.py
 
 # liverseg segment on the TCIA series against a plain MONAI pipeline (time, peak memory, where the time goes).
+# MODEL=path/model.pt for another model than the newest run's.
 bench-segment: venv
-	$(PY) tests/bench/segment.py --series $(DICOM_SERIES)
+	$(PY) tests/bench/segment.py --series $(DICOM_SERIES) $(if $(MODEL),--model $(MODEL))
 # The training input pipeline's patches/s (0, 1, 2 workers) against what the step consumes, our step against a bare
 # MONAI loop, 2 gloo processes against 1, workers a GPU node needs (~10 min on 2 cores) -> bench-results/train.json.
 bench-train: venv
