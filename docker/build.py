@@ -187,6 +187,18 @@ def docker_daemon_problem(env: dict[str, str] | None = None) -> str | None:
     return lines[-1].strip() if lines else f"docker version exited with {done.returncode}"
 
 
+def buildkit_problem() -> str | None:
+    """None when ``docker build`` can use BuildKit (the Dockerfiles' ``RUN --mount``) or the caller turned it off
+    (``DOCKER_BUILDKIT=0``, e.g. for a daemon whose own builder takes ``--mount``); else why not, in one line."""
+    if os.environ.get("DOCKER_BUILDKIT") == "0":
+        return None
+    done = subprocess.run(["docker", "buildx", "version"], capture_output=True, text=True, timeout=20, check=False)
+    if done.returncode == 0:
+        return None
+    return ("docker's daemon answers but its client has no buildx plugin, which the Dockerfiles' RUN --mount needs "
+            "(BuildKit): install docker-buildx-plugin")
+
+
 def choose_engine(install: bool, requested: str | None = None) -> Engine:
     """podman (with buildah when present), else Docker when its daemon answers; under ``install`` (CI=true, as
     root) a missing podman/buildah/runc is installed. Anything else is a ``BuildError`` of one line."""
@@ -201,8 +213,11 @@ def choose_engine(install: bool, requested: str | None = None) -> Engine:
     if requested in ("auto", "docker") and shutil.which("docker"):
         docker_problem = docker_daemon_problem()
         if docker_problem is None:
-            return Engine("docker", "docker")
-        docker_problem = f"docker is on PATH but its daemon does not answer ({docker_problem})"
+            docker_problem = buildkit_problem()
+            if docker_problem is None:
+                return Engine("docker", "docker")
+        else:
+            docker_problem = f"docker is on PATH but its daemon does not answer ({docker_problem})"
     if requested == "docker":
         raise BuildError(f"{docker_problem}: start the Docker daemon, or build with podman "
                          f"({ENV_ENGINE}=podman; apt-get install {' '.join(PODMAN_TOOLS)})")

@@ -78,6 +78,13 @@ def test_a_docker_daemon_that_answers_is_used(bin_dir, tmp_path):
     assert done.stdout.split() == ["docker", "docker"]
 
 
+def test_a_docker_daemon_without_buildx_is_one_line_naming_the_plugin(bin_dir, tmp_path):
+    fake(bin_dir, "docker", 'if [ "$1" = buildx ]; then echo "docker: unknown command: docker buildx" >&2; exit 1; fi\n'
+                            'echo 28.2.2')
+    line = one_line_error(print_engine(bin_dir, tmp_path, ci=False))
+    assert "no buildx plugin" in line and "install docker-buildx-plugin" in line and "podman" in line
+
+
 def test_podman_is_preferred_and_builds_with_buildah_when_present(bin_dir, tmp_path):
     fake(bin_dir, "docker", 'echo 28.2.2')
     fake(bin_dir, "podman", 'echo runc')
