@@ -91,6 +91,15 @@ def test_largest_component_drops_islands():
     assert kept.sum() == 1000 and not kept[21, 21, 21]
 
 
+def test_largest_component_with_more_islands_than_uint16_labels():
+    """179,553 components: past what uint16 labels hold, so the int32 path must give the same answer."""
+    m = np.zeros((400, 400, 30), np.uint8)
+    m[::3, ::3, ::3] = 1
+    m[0:5, 0:5, 0:5] = 1
+    kept = largest_component(m)
+    assert kept.dtype == np.uint8 and kept.sum() == 125 and kept[0:5, 0:5, 0:5].all()
+
+
 def tiny_samples(n=2):
     out = []
     for i in range(n):
