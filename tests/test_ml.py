@@ -154,6 +154,41 @@ def test_resume_is_bit_exact_on_cpu():
     assert resumed.best_epoch == straight.best_epoch
 
 
+def test_validation_uses_norm_statistics_measured_for_the_current_weights():
+    """Before each validation the batch-norm statistics are re-estimated from fresh training patches: what the
+    running averages held before does not matter, the same epoch gives the same figures, and with 0 batches the
+    running averages are kept (the seed's way)."""
+    from liverseg.ml.loader import training_dataset
+
+    profile = tiny_cfg(1)
+    samples = tiny_samples()
+    trainer = Trainer(profile.train, profile.infer, torch.device("cpu"))
+    assert trainer.cfg.norm_recalibration == 16
+    dataset = training_dataset([s.image for s in samples], [s.label for s in samples], trainer.cfg)
+
+    def stats(epoch, start):
+        torch.manual_seed(0)  # the same weights every time
+        net = build_unet().to(memory_format=trainer.fmt)
+        g = torch.Generator().manual_seed(start)  # different running averages before
+        for norm in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)):
+            norm.running_mean.copy_(torch.rand(norm.num_features, generator=g) * 10 - 5)
+            norm.running_var.copy_(torch.rand(norm.num_features, generator=g) * 8 + 1)
+        trainer.recalibrate_norms(net, dataset, len(samples), trainer.cfg, epoch)
+        return {k: v for k, v in net.state_dict().items() if "running" in k}
+
+    first, other_start = stats(3, start=0), stats(3, start=1)
+    assert all(torch.equal(first[k], other_start[k]) for k in first)
+    assert any(not torch.equal(first[k], stats(4, start=0)[k]) for k in first)  # new patches each epoch
+
+    # No batches: the running averages stay.
+    off = Trainer(profile.train.model_copy(update={"norm_recalibration": 0}), profile.infer, torch.device("cpu"))
+    kept = build_unet().to(memory_format=trainer.fmt)
+    before = {k: v.clone() for k, v in kept.state_dict().items()}
+    off.recalibrate_norms(kept, dataset, len(samples), off.cfg, 3)
+    assert all(torch.equal(before[k], v) for k, v in kept.state_dict().items())
+    assert load_profile("seed", environ={}).train.norm_recalibration == 0
+
+
 @pytest.mark.parametrize("profile_name", ["default", "seed", "gpu"])
 def test_inference_returns_a_mask_on_the_original_grid(profile_name):
     image, _ = phantom(shape=(80, 72, 70), flips=(True, False, True))
