@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from liverseg.config import load_profile
-from liverseg.ml.distributed import RankFailed, Ranks, interleave, launch, pool_norm_statistics
+from liverseg.ml.distributed import RankFailed, Ranks, gather, interleave, launch, pool_norm_statistics
 from liverseg.ml.model import build_unet
 from liverseg.ml.modelfile import from_bytes, to_bytes
+from liverseg.ml.syncnorm import GlooSyncBatchNorm
 from liverseg.ml.training import Sample, Trainer, TrainState
 
 pytestmark = pytest.mark.slow
@@ -119,6 +120,49 @@ def test_pooled_norm_statistics_are_those_of_every_ranks_patches_together(tmp_pa
     together = torch.cat([activations(0), activations(1)], dim=1)
     assert torch.allclose(pooled["mean"], together.mean(1), atol=1e-12)
     assert torch.allclose(pooled["var"], together.var(1, unbiased=False), atol=1e-9)
+
+
+def norm_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of 4 (N, C, X, Y, Z) inputs, channels_last_3d as training has them, and the weights of a loss."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn((4, 3, 5, 6, 4), generator=g, dtype=torch.float64) * 2 + 1)
+    return x.contiguous(memory_format=torch.channels_last_3d), torch.randn((4, 3, 5, 6, 4), generator=g,
+                                                                          dtype=torch.float64)
+
+
+def synced_norm_share(ranks: Ranks) -> dict[str, torch.Tensor]:
+    """Rank r normalises inputs 2r and 2r+1 with GlooSyncBatchNorm; everything gathered in rank order."""
+    x, weights = norm_inputs()
+    share = slice(2 * ranks.rank, 2 * ranks.rank + 2)
+    mine = x[share].clone().requires_grad_()
+    norm = GlooSyncBatchNorm(3).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        norm.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    out = norm(mine)
+    (out * weights[share]).sum().backward()
+    parts = gather([{"out": out.detach(), "grad": mine.grad, "weight": norm.weight.grad, "bias": norm.bias.grad}])
+    return {"out": torch.cat([p[0]["out"] for p in parts]), "grad": torch.cat([p[0]["grad"] for p in parts]),
+            "weight": sum(p[0]["weight"] for p in parts), "bias": sum(p[0]["bias"] for p in parts),
+            "running_mean": norm.running_mean.clone(), "running_var": norm.running_var.clone()}
+
+
+def test_synchronised_batch_norm_over_two_ranks_is_batch_norm_over_the_whole_batch(tmp_path):
+    """What 2 gloo ranks with half a batch each compute (outputs, input gradients, parameter gradients summed as
+    DDP sums them before averaging, running statistics) is what plain batch norm computes on the whole batch."""
+    x, weights = norm_inputs()
+    whole = x.clone().requires_grad_()
+    plain = torch.nn.BatchNorm3d(3).double()
+    with torch.no_grad():
+        plain.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        plain.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    out = plain(whole)
+    (out * weights).sum().backward()
+    synced = launch(2, "cpu", tmp_path / "ranks", synced_norm_share, synced_norm_share, ())
+    expected = {"out": out, "grad": whole.grad, "weight": plain.weight.grad, "bias": plain.bias.grad,
+                "running_mean": plain.running_mean, "running_var": plain.running_var}
+    for key, value in expected.items():
+        assert torch.allclose(synced[key], value, atol=1e-10), key
 
 
 def test_validation_over_ranks_is_the_single_process_figure(tmp_path):

@@ -46,6 +46,7 @@ from liverseg.ml.distributed import Ranks
 from liverseg.ml.loader import batches, draw_order, rank_seed, share_of_batch, training_dataset
 from liverseg.ml.metrics import dice, seed_style_dice
 from liverseg.ml.model import build_unet, memory_format
+from liverseg.ml.syncnorm import synchronise_norms
 
 __all__ = ["PROGRESS_EVERY_S", "Sample", "TrainState", "Trainer"]
 
@@ -225,10 +226,13 @@ class Trainer:
             distributed.pool_norm_statistics(net)
 
     def replica(self, net: torch.nn.Module) -> torch.nn.Module:
-        """``net`` as this rank trains it: wrapped in DDP (gradients averaged over the ranks at every step) when
-        there are several, else as it is."""
+        """``net`` as this rank trains it: with several ranks, its batch norms synchronised and wrapped in DDP
+        (gradients averaged over the ranks at every step), else as it is."""
         if not self.ranks.distributed:
             return net
+        # Batch norm over all ranks' patches, as one process normalises its whole batch (ml/syncnorm.py); in place,
+        # so ``net`` (validation, checkpoints) is the same module with the same state dict.
+        synchronise_norms(net, self.device)
         # 1x1x1 kernels in channels_last_3d: their gradients' strides differ from DDP's bucket views only in size-1
         # dimensions (the same memory layout), which DDP reports as a possible slowdown on every rank.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
