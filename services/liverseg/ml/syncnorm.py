@@ -42,7 +42,9 @@ class _SyncNormFunction(torch.autograd.Function):
         normalised = (x - _channel(mean.to(x.dtype))) * _channel(invstd.to(x.dtype))
         ctx.save_for_backward(normalised, weight, invstd.to(x.dtype))
         ctx.count = float(count)
-        return normalised * _channel(weight) + _channel(bias), mean, var
+        unbiased = var * count / (count - 1).clamp_min(1)  # what BatchNorm3d's running variance follows
+        ctx.mark_non_differentiable(mean, unbiased)
+        return normalised * _channel(weight) + _channel(bias), mean, unbiased
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, *_: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
@@ -71,24 +73,24 @@ class GlooSyncBatchNorm(torch.nn.BatchNorm3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
             return super().forward(x)
-        y, mean, var = _SyncNormFunction.apply(x, self.weight, self.bias, self.eps)
+        y, mean, unbiased_var = _SyncNormFunction.apply(x, self.weight, self.bias, self.eps)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                count = x.numel() / x.shape[1] * dist.get_world_size()
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-                self.running_var.lerp_((var * count / max(count - 1, 1)).to(self.running_var.dtype), factor)
+                self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
         return y
 
 
 def synchronise_norms(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``module`` with its 3D batch norms sharing statistics over the process group: PyTorch's ``SyncBatchNorm``
-    on CUDA, ``GlooSyncBatchNorm`` on the CPU. The same parameters and buffers (the same state dict)."""
+    on CUDA, ``GlooSyncBatchNorm`` on the CPU (affine ones, as the U-Net's are). The same parameters and buffers
+    (the same state dict), changed in place below the root."""
     if device.type == "cuda":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
-        if type(child) is torch.nn.BatchNorm3d:
+        if type(child) is torch.nn.BatchNorm3d and child.affine:
             synced = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                        child.track_running_stats)
             synced.load_state_dict(child.state_dict())
