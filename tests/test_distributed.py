@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from liverseg.config import load_profile
-from liverseg.ml.distributed import RankFailed, Ranks, gather, interleave, launch, pool_norm_statistics
+from liverseg.ml.distributed import RankFailed, Ranks, gather, interleave, launch
 from liverseg.ml.model import build_unet
 from liverseg.ml.modelfile import from_bytes, to_bytes
 from liverseg.ml.syncnorm import GlooSyncBatchNorm
@@ -98,28 +98,6 @@ def validate_share(ranks: Ranks, weights: dict) -> dict[str, float]:
     model = build_unet().to(memory_format=trainer.fmt)
     model.load_state_dict(weights)
     return trainer.validate(model, VAL[ranks.rank::ranks.world_size])
-
-
-def activations(rank: int) -> torch.Tensor:
-    """What one rank's batch norm saw: 3 channels x 4,000 values, a different distribution on each rank."""
-    return torch.randn((3, 4000), generator=torch.Generator().manual_seed(rank), dtype=torch.float64) * (1 + rank) \
-        + 3 * rank
-
-
-def pooled_norm(ranks: Ranks) -> dict[str, torch.Tensor]:
-    norm = torch.nn.BatchNorm3d(3).double()
-    seen = activations(ranks.rank)
-    norm.running_mean.copy_(seen.mean(1))
-    norm.running_var.copy_(seen.var(1, unbiased=False))
-    pool_norm_statistics(norm)
-    return {"mean": norm.running_mean.clone(), "var": norm.running_var.clone()}
-
-
-def test_pooled_norm_statistics_are_those_of_every_ranks_patches_together(tmp_path):
-    pooled = launch(2, "cpu", tmp_path / "ranks", pooled_norm, pooled_norm, ())
-    together = torch.cat([activations(0), activations(1)], dim=1)
-    assert torch.allclose(pooled["mean"], together.mean(1), atol=1e-12)
-    assert torch.allclose(pooled["var"], together.var(1, unbiased=False), atol=1e-9)
 
 
 def norm_inputs() -> tuple[torch.Tensor, torch.Tensor]:

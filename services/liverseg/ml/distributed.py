@@ -31,7 +31,7 @@ from liverseg.errors import EXIT_FAILED, CannotRun
 
 __all__ = [
     "COLLECTIVE_TIMEOUT_S", "RankFailed", "Ranks", "broadcast_flag", "gather", "interleave", "launch", "mean_of",
-    "pool_norm_statistics", "sum_of", "sync_buffers",
+    "sum_of", "sync_buffers",
 ]
 
 log = logging.getLogger(__name__)
@@ -245,24 +245,6 @@ def gather(values: list[float]) -> list[list[float]]:
 def interleave(per_rank: list[list[float]]) -> list[float]:
     """Undo a ``[r::N]`` split: rank r held items r, r + N, r + 2N, … of the whole list."""
     return [v for group in itertools.zip_longest(*per_rank) for v in group if v is not None]
-
-
-def pool_norm_statistics(module: torch.nn.Module) -> None:
-    """Every rank's batch-norm statistics pooled into those of all their patches together, on every rank: each
-    rank estimated them (``Trainer.recalibrate_norms``) from as many patches as the others, so the pooled mean is
-    the mean of the ranks' means, and the pooled variance the mean of their (variance + mean²) less its square."""
-    world = dist.get_world_size()
-    for norm in module.modules():
-        if not isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
-            continue
-        running_mean, running_var = norm.running_mean, norm.running_var
-        if running_mean is None or running_var is None:  # track_running_stats=False: nothing kept
-            continue
-        moments = torch.stack([running_mean, running_var + running_mean ** 2]).double()
-        dist.all_reduce(moments)
-        mean = moments[0] / world
-        running_mean.copy_(mean)
-        running_var.copy_((moments[1] / world - mean ** 2).clamp_min(0))
 
 
 def sync_buffers(module: torch.nn.Module) -> None:

@@ -9,8 +9,9 @@ Validation and the final model use batch-norm statistics re-estimated for the we
 ``train.norm_recalibration`` batches of training patches (Wu and Johnson, "Rethinking 'Batch' in BatchNorm",
 2021: precise BN; torch's ``swa_utils.update_bn``), not the running averages of training: with 1-2 patches a step
 and a high learning rate those lag the weights, and the validation Dice of the same run swung between 0.0 and 0.85
-from one validation to the next (2026-12-01, the make-run phantoms). With several processes each estimates them
-from its share and the ranks pool them. Training itself normalises by each batch, so nothing else changes.
+from one validation to the next (2026-12-01, the make-run phantoms). With several processes each draws its share
+of those batches and the synchronised batch norms (``syncnorm``) measure them over all ranks. Training itself
+normalises by each batch, so nothing else changes.
 
 Reproducibility: every epoch re-seeds torch, numpy and the MONAI transforms from (seed, epoch) (and the rank and
 loader worker), so resuming from a checkpoint taken after epoch k replays epochs k+1… exactly as an uninterrupted
@@ -213,7 +214,7 @@ class Trainer:
                           epoch: int) -> None:
         """Re-estimate ``net``'s batch-norm statistics from ``cfg.norm_recalibration`` fresh batches of training
         patches (drawn from ``dataset``'s ``units`` with a seed of (seed, epoch, rank): the same on a resumed run),
-        pooled over the ranks. ``cfg``: this rank's share of a step (batch size and patches per volume)."""
+        over all ranks' patches (``replica`` synchronised the norms). ``cfg``: this rank's share of a step."""
         if not self.cfg.norm_recalibration:
             return
         seed = rank_seed(_recalibration_seed(self.cfg.seed, epoch), self.ranks.rank)
@@ -222,8 +223,6 @@ class Trainer:
                   for x, _ in batches(dataset, order, cfg, seed, self.device))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             update_bn(inputs, net)
-        if self.ranks.distributed:
-            distributed.pool_norm_statistics(net)
 
     def replica(self, net: torch.nn.Module) -> torch.nn.Module:
         """``net`` as this rank trains it: with several ranks, its batch norms synchronised and wrapped in DDP
