@@ -62,6 +62,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         labels = np.empty(mask[box].shape, dtype=np.uint16)
         n = ndimage.label(mask[box], structure=structure, output=labels)
     except RuntimeError:
+        del labels  # the int32 labels are made without the refused uint16 array beside them
         labels, n = ndimage.label(mask[box], structure=structure)
     if n <= 1:
         return mask
