@@ -32,8 +32,9 @@ from liverseg.store import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 2026
-# Per-profile epochs: enough to fill the budget; the budget stops training after the epoch that passes it.
-EPOCHS = {"default": 40, "seed": 100}
+# Per-profile epochs: enough to fill the budget; the budget stops training after the epoch that passes it (and the
+# poly schedule with it: a short budget ends at a higher learning rate). default: its profile's own 250.
+EPOCHS = {"default": 250, "seed": 100}
 # name: (generator, profile, share of randomised-intensity cases, extra overrides)
 MODES: dict[str, tuple[str, str, float, tuple[str, ...]]] = {
     "legacy": ("legacy", "default", 0.0, ()),

@@ -5,7 +5,7 @@ Every ratio is against a reference measured in the same command, interleaved whe
 shared): medians over rounds that alternate the two sides.
 
 - ``loader``: patches per second the input pipeline delivers (steady state, after its first batch) with 0, 1 and 2
-  workers, for the ``default`` profile (the ``make run`` phantoms at 2 mm) and the ``gpu`` profile (volumes of a real
+  workers, for the ``default`` profile (the ``make run`` phantoms at 3 mm) and the ``gpu`` profile (volumes of a real
   MSD case's size at 1.5x1.5x2 mm: 256x256x250); ``consumed_per_s``: the patches per second our train step takes
   here on the same profile's batch; ``loader_capacity_ratio`` = best delivered / consumed.
 - ``overhead_vs_bare``: our ``Trainer.step`` / a plain loop (the same UNet, loss, optimiser, memory format and

@@ -37,7 +37,7 @@ __all__ = ["EveryVoxel", "LiverIndicesd", "batches", "collate_patches", "draw_or
 FG_KEY, BG_KEY = "fg_indices", "bg_indices"
 NOISE_PROB = 0.15  # nnU-Net's probability for gaussian noise
 PREFETCH_BATCHES = 2  # per worker: batches waiting while the device trains
-THIN_SLAB_SLICES = (1, 8)  # train.thin_slab's slab thickness, voxels (at 2 mm: a 2-16 mm series)
+THIN_SLAB_SLICES = (1, 8)  # train.thin_slab's slab thickness, voxels (at 3 mm: a 3-24 mm series)
 
 
 class EveryVoxel:
