@@ -40,7 +40,7 @@ MODES: dict[str, tuple[str, str, float, tuple[str, ...]]] = {
     "legacy": ("legacy", "default", 0.0, ()),
     "anatomy": ("anatomy", "default", 0.0, ()),
     "anatomy-random": ("anatomy", "default", 0.3, ()),
-    "anatomy-thin": ("anatomy", "default", 0.0, ("train.thin_slab=0.1",)),
+    "anatomy-whole": ("anatomy", "default", 0.0, ("train.thin_slab=0",)),
     "seed": ("legacy", "seed", 0.0, ()),
 }
 DEFAULT_MODES = ("legacy", "anatomy")
