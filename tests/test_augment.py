@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from liverseg.config import load_profile
-from liverseg.ml.augment import RandThinSlabd
+from liverseg.ml.augment import RandLiverContrastd, RandThinSlabd
 from liverseg.ml.loader import batches, training_dataset
 
 CPU = torch.device("cpu")
@@ -63,3 +63,43 @@ def test_the_profile_switch_cuts_the_input_pipelines_patches_only_when_set():
         assert all(len(kept_slices(p)) == 32 for p in x), "every slice kept"
     for x in on:
         assert all(1 <= len(kept_slices(p)) <= 8 for p in x), "every patch cut to a 1-8 slice slab"
+
+
+def test_liver_contrast_shifts_the_liver_only_with_a_feathered_edge_and_is_seeded():
+    data = patch()
+    data["image"] = torch.full((1, 16, 16, 32), 0.5)
+    t = RandLiverContrastd("image", "label", prob=1.0, shift=0.2)
+    t.set_random_state(seed=1)
+    offsets = []
+    for _ in range(10):
+        out = t(data)
+        change = out["image"] - data["image"]
+        offsets.append(float(change[0, 8, 8, 24]))  # the middle of the liver: the whole offset
+        assert 0 < abs(offsets[-1]) <= 0.2
+        assert torch.equal(out["label"], data["label"])
+        assert float(change[0, 0, 0, 0]) == 0.0, "far from the liver nothing changes"
+        edge = abs(float(change[0, 4, 8, 24]))  # the liver's first voxel: part of the offset, no step at the label
+        assert 0.2 * abs(offsets[-1]) < edge < 0.9 * abs(offsets[-1])
+    assert min(offsets) < 0 < max(offsets), "darker and brighter livers"
+    again = RandLiverContrastd("image", "label", prob=1.0, shift=0.2)
+    again.set_random_state(seed=1)
+    assert [float((again(data)["image"] - 0.5)[0, 8, 8, 24]) for _ in range(10)] == offsets
+
+
+def test_liver_contrast_clips_to_the_window_and_leaves_patches_without_liver_alone():
+    data = patch()
+    data["image"] = torch.full((1, 16, 16, 32), 0.95)
+    t = RandLiverContrastd("image", "label", prob=1.0, shift=0.2)
+    t.set_random_state(seed=0)
+    assert all(float(t(data)["image"].max()) <= 1.0 for _ in range(10))
+    empty = {"image": data["image"], "label": torch.zeros_like(data["label"])}
+    assert torch.equal(t(empty)["image"], data["image"])
+
+
+def test_the_profile_switch_adds_liver_contrast_only_when_set():
+    for share in (0.0, 0.5):
+        cfg = load_profile("default", environ={}, overrides=["train.patch=[16,16,32]",
+                                                             f"train.liver_contrast={share}"]).train
+        d = patch()
+        steps = training_dataset([d["image"]], [d["label"]], cfg).transform.transforms
+        assert any(isinstance(s, RandLiverContrastd) for s in steps) == bool(share)

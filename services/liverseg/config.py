@@ -89,6 +89,9 @@ class TrainConfig(_Section):
     thin_slab: float = Field(0.0, ge=0, le=1, description=(
         "probability that a training patch is cut to a slab of 1-8 slices, the rest zeroed as inference pads a thin "
         "series (ml/augment.py); 0: never"))
+    liver_contrast: float = Field(0.0, ge=0, le=1, description=(
+        "probability that a training patch has its liver's intensity shifted against its surroundings by up to "
+        "±0.2 (80 HU at a 400 HU window; ml/augment.py); 0: never"))
     norm_recalibration: int = Field(0, ge=0, description=(
         "batches of training patches that re-estimate the batch-norm statistics for the current weights before "
         "each validation and the final model (ml/training.py); 0: keep the running averages of training"))

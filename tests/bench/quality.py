@@ -41,6 +41,7 @@ MODES: dict[str, tuple[str, str, float, tuple[str, ...]]] = {
     "anatomy": ("anatomy", "default", 0.0, ()),
     "anatomy-random": ("anatomy", "default", 0.3, ()),
     "anatomy-whole": ("anatomy", "default", 0.0, ("train.thin_slab=0",)),
+    "anatomy-liver-contrast": ("anatomy", "default", 0.0, ("train.liver_contrast=0.25",)),
     "seed": ("legacy", "seed", 0.0, ()),
 }
 DEFAULT_MODES = ("legacy", "anatomy")

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from liverseg.config import TrainConfig
 from liverseg.errors import ConfigError
-from liverseg.ml.augment import RandThinSlabd
+from liverseg.ml.augment import RandLiverContrastd, RandThinSlabd
 
 __all__ = ["EveryVoxel", "LiverIndicesd", "batches", "collate_patches", "draw_order", "rank_seed",
            "share_of_batch", "training_dataset"]
@@ -38,6 +38,7 @@ FG_KEY, BG_KEY = "fg_indices", "bg_indices"
 NOISE_PROB = 0.15  # nnU-Net's probability for gaussian noise
 PREFETCH_BATCHES = 2  # per worker: batches waiting while the device trains
 THIN_SLAB_SLICES = (1, 8)  # train.thin_slab's slab thickness, voxels (at 3 mm: a 3-24 mm series)
+LIVER_CONTRAST_SHIFT = 0.2  # train.liver_contrast's largest offset, window units: steatosis lowers the liver ~65 HU
 
 
 class EveryVoxel:
@@ -94,6 +95,8 @@ def _transforms(cfg: TrainConfig) -> list[T.Transform]:
     if cfg.augment:
         steps += [T.RandScaleIntensityd("image", factors=0.1, prob=0.5),
                   T.RandShiftIntensityd("image", offsets=0.05, prob=0.5)]
+    if cfg.liver_contrast:
+        steps.append(RandLiverContrastd("image", "label", prob=cfg.liver_contrast, shift=LIVER_CONTRAST_SHIFT))
     if cfg.noise_std:
         steps.append(T.RandGaussianNoised("image", prob=NOISE_PROB, std=cfg.noise_std))
     if cfg.thin_slab:
