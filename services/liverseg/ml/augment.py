@@ -10,7 +10,9 @@ of their contrast phase, and a steatotic liver (darker than spleen and muscle) i
 training set may hold none in some phase, and a network that learnt "liver is the organ a little brighter than
 muscle" then misses one. Shifting only the liver's HU (the label says where it is) makes its intensity a weak cue
 and its shape and place the strong ones, as SynthSeg's per-structure intensities do; the label gives the liver only,
-so only the liver is shifted. Written here because neither MONAI nor TorchIO shifts one labelled structure.
+so only the liver is shifted. Written here because MONAI has no label-wise intensity transform; TorchIO's
+``RandomLabelsToImage`` repaints labelled structures with new gaussian intensities, losing their texture, and is
+not a MONAI transform the cached pipeline can seed.
 """
 
 from __future__ import annotations
