@@ -16,7 +16,7 @@ from liverseg.imaging import nifti
 from liverseg.imaging.geometry import Volume
 from liverseg.ml import metrics, transforms
 from liverseg.ml.inference import largest_component, segment
-from liverseg.ml.model import build_unet
+from liverseg.ml.model import bf16_native, build_unet
 from liverseg.ml.training import Sample, Trainer, TrainState
 from liverseg.ml.transforms import preprocess_pair
 from liverseg.stages.preprocess import preprocess_unit
@@ -126,6 +126,19 @@ def test_training_learns_a_tiny_problem():
     losses = [h["loss"] for h in state.history]
     assert losses[-1] < losses[0] * 0.7
     assert state.best_model is not None and state.history[-1]["val_dice"] > 0.5
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_precision_auto_is_bf16_where_the_cpu_has_it_and_fp32_is_fp32(precision):
+    profile = load_profile("default", environ={}, overrides=[f"train.precision={precision}"])
+    cpu = torch.device("cpu")
+    trainer = Trainer(profile.train, profile.infer, cpu)
+    net = build_unet().to(memory_format=trainer.fmt)
+    x = torch.rand((1, 1, 32, 32, 16))
+    logits = trainer._forward(net, x)
+    native = precision == "auto" and bf16_native(cpu)
+    assert logits.dtype == (torch.bfloat16 if native else torch.float32)
+    assert trainer.predict_logits(net.eval(), x[0]).dtype == torch.float32  # blended and thresholded in fp32
 
 
 def test_resume_is_bit_exact_on_cpu():

@@ -99,6 +99,9 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(5, ge=1)
     selection: Literal["dice", "seed_soft"] = Field(
         "dice", description="dice: hard foreground Dice; seed_soft: 1 - soft Dice loss with background (seed)")
+    precision: Literal["auto", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast where the device computes in bf16 natively (CUDA Ampere and later, "
+                            "CPUs with AVX512-BF16 or AMX; ml/model.py), fp32 elsewhere; fp32: always")
     seed: int = 0
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (default: all cores, "
                                                              "shared among the processes)")

@@ -8,9 +8,9 @@ shared): medians over rounds that alternate the two sides.
   workers, for the ``default`` profile (the ``make run`` phantoms at 3 mm) and the ``gpu`` profile (volumes of a real
   MSD case's size at 1.5x1.5x2 mm: 256x256x250); ``consumed_per_s``: the patches per second our train step takes
   here on the same profile's batch; ``loader_capacity_ratio`` = best delivered / consumed.
-- ``overhead_vs_bare``: our ``Trainer.step`` / a plain loop (the same UNet, loss, optimiser, memory format and
-  batch, written out below), and ``loop_vs_bare``: our step fed by the loader (0 workers) / the same plain loop;
-  one step of each in turn, medians of the per-turn ratios.
+- ``overhead_vs_bare``: our ``Trainer.step`` / a plain loop (the same UNet, loss, optimiser, memory format,
+  precision and batch, written out below), and ``loop_vs_bare``: our step fed by the loader (0 workers) / the same
+  plain loop; one step of each in turn, medians of the per-turn ratios.
 - ``ddp``: 2 gloo processes (1 thread each, half the batch each) against 1 process (2 threads, the whole batch) on
   the same fixed batches: seconds per step and the largest difference of the loss over the same steps (batch norm
   sees half the batch per process: not zero).
@@ -41,7 +41,7 @@ from liverseg.imaging.geometry import Volume
 from liverseg.ml import distributed
 from liverseg.ml.distributed import Ranks, launch
 from liverseg.ml.loader import batches, draw_order, training_dataset
-from liverseg.ml.model import build_unet, memory_format
+from liverseg.ml.model import bf16_native, build_unet, memory_format
 from liverseg.ml.training import Trainer
 from liverseg.ml.transforms import preprocess_pair
 
@@ -101,17 +101,20 @@ def batch_of(cfg: TrainConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
 
 
 class Bare:
-    """The plain MONAI loop: the same UNet, loss, optimiser, memory format and batch, nothing else."""
+    """The plain MONAI loop: the same UNet, loss, optimiser, memory format, precision and batch, nothing else."""
 
     def __init__(self, cfg: TrainConfig):
         torch.manual_seed(0)
         self.model = build_unet().to(memory_format=memory_format(CPU))
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.bf16 = cfg.precision == "auto" and bf16_native(CPU)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.optimizer.zero_grad()
-        loss = self.loss(self.model(x.contiguous(memory_format=torch.channels_last_3d)), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(x.contiguous(memory_format=torch.channels_last_3d))
+        loss = self.loss(logits.float(), y)
         loss.backward()
         self.optimizer.step()
         return loss.item()
@@ -236,7 +239,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     result: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-                    "cpus": len(os.sched_getaffinity(0)), "load_average_before": os.getloadavg(), "goals": GOALS}
+                    "cpus": len(os.sched_getaffinity(0)), "cpu_bf16": bf16_native(CPU),
+                    "load_average_before": os.getloadavg(), "goals": GOALS}
     profiles = {name: load_profile(name, environ={}) for name in ("default", "gpu")}
     data = {"default": phantoms(4, "default"), "gpu": real_sized(4)}
     print("loader ...", flush=True)
@@ -269,7 +273,8 @@ def main() -> None:
 
 
 def table(r: dict) -> str:
-    rows = ["", f"bench-train {r['date']}  torch {r['torch']}  {r['cpus']} CPUs  load {r['load_average_before']}",
+    rows = ["", f"bench-train {r['date']}  torch {r['torch']}  {r['cpus']} CPUs  "
+            f"{'bf16 autocast' if r.get('cpu_bf16') else 'fp32'}  load {r['load_average_before']}",
             "", "  profile  patch         delivered patches/s (0 / 1 / 2 workers)   consumed/s   capacity  goal"]
     for name, L in r["loader"].items():
         d = L["delivered_per_s"]

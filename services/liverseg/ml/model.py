@@ -22,6 +22,20 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively, so autocast to it is faster: CUDA cards of Ampere and later, and
+    CPUs with AVX512-BF16 or AMX. Elsewhere bf16 is emulated: a CPU without the instructions ran a step 30-40x slower.
+
+    A step of 2 patches of 64x64x48 took 0.83x the fp32 time on an EPYC with AVX512-BF16 and 0.71x on a Xeon with
+    AMX (2 cores, 2026-12).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # torch's own test for oneDNN's bf16 kernels; there is no public one.
+    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
 def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)

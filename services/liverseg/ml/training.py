@@ -46,7 +46,7 @@ from liverseg.ml import distributed
 from liverseg.ml.distributed import Ranks
 from liverseg.ml.loader import batches, draw_order, rank_seed, share_of_batch, training_dataset
 from liverseg.ml.metrics import dice, seed_style_dice
-from liverseg.ml.model import build_unet, memory_format
+from liverseg.ml.model import bf16_native, build_unet, memory_format
 from liverseg.ml.syncnorm import synchronise_norms
 
 __all__ = ["PROGRESS_EVERY_S", "Sample", "TrainState", "Trainer"]
@@ -124,9 +124,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, infer_cfg: InferConfig, device: torch.device, ranks: Ranks | None = None):
         self.cfg, self.infer_cfg, self.device, self.ranks = cfg, infer_cfg, device, ranks or Ranks()
         self.fmt = memory_format(device)
-        # bf16 autocast on GPUs that have it (Ampere and later). Not on CPUs: where they lack bf16 instructions it was
-        # 30-40x slower; on an EPYC with AVX512-BF16 (2026-12-01) a step of 2 64x64x48 patches took 0.83x the fp32 time.
-        self.amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.amp = cfg.precision == "auto" and bf16_native(device)
         if cfg.loss == "dice_ce":
             self.loss_fn: torch.nn.Module = DiceCELoss(to_onehot_y=True, softmax=True)
         else:  # the seed's loss
