@@ -114,6 +114,18 @@ def _eta(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
+class _Autocast(torch.nn.Module):
+    """``net`` whose forward runs under bf16 autocast when ``enabled`` (its batch norms are ``net``'s own)."""
+
+    def __init__(self, net: torch.nn.Module, device_type: str, enabled: bool):
+        super().__init__()
+        self.net, self.device_type, self.enabled = net, device_type, enabled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.enabled):
+            return self.net(x)
+
+
 class Trainer:
     """Trains the U-Net on ``Sample``s with a ``TrainConfig``; validation uses the inference settings.
 
@@ -220,8 +232,9 @@ class Trainer:
         order = draw_order(units, cfg.batch_size, self.cfg.norm_recalibration, seed)
         inputs = (x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
                   for x, _ in batches(dataset, order, cfg, seed, self.device))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            update_bn(inputs, net)
+        # Autocast around the forward pass only: loader workers started inside an autocast block inherit it, and
+        # their spatial transforms then compute in bf16 (MONAI's RandAffined fails on it).
+        update_bn(inputs, _Autocast(net, self.device.type, self.amp))
 
     def replica(self, net: torch.nn.Module) -> torch.nn.Module:
         """``net`` as this rank trains it: with several ranks, its batch norms synchronised and wrapped in DDP
