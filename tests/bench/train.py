@@ -103,12 +103,12 @@ def batch_of(cfg: TrainConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
 class Bare:
     """The plain MONAI loop: the same UNet, loss, optimiser, memory format, precision and batch, nothing else."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, bf16: bool):
         torch.manual_seed(0)
         self.model = build_unet().to(memory_format=memory_format(CPU))
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.bf16 = cfg.precision == "auto" and bf16_native(CPU)
+        self.bf16 = bf16
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.optimizer.zero_grad()
@@ -153,7 +153,8 @@ def consumed(profile, steps: int) -> dict:
 def overhead(profile, data, triplets: int) -> dict:
     """Our step, the bare step and our step fed by the loader (no workers), one step each in turn, the order
     rotating: a slow spell of the shared machine hits all three; medians of the per-triplet ratios."""
-    ours, bare, fed = Ours(profile), Bare(profile.train), Ours(profile)
+    ours, fed = Ours(profile), Ours(profile)
+    bare = Bare(profile.train, bf16=ours.trainer.amp)
     x, y = batch_of(profile.train)
     cfg = profile.train
     dataset = training_dataset([i for i, _ in data], [lab for _, lab in data], cfg)

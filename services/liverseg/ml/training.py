@@ -114,16 +114,15 @@ def _eta(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-class _Autocast(torch.nn.Module):
-    """``net`` whose forward runs under bf16 autocast when ``enabled`` (its batch norms are ``net``'s own)."""
+class _ForwardBy(torch.nn.Module):
+    """``net`` (its modules, so its batch norms) called through ``forward``, e.g. ``Trainer._forward``."""
 
-    def __init__(self, net: torch.nn.Module, device_type: str, enabled: bool):
+    def __init__(self, net: torch.nn.Module, forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]):
         super().__init__()
-        self.net, self.device_type, self.enabled = net, device_type, enabled
+        self.net, self._by = net, forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.enabled):
-            return self.net(x)
+        return self._by(self.net, x)
 
 
 class Trainer:
@@ -230,11 +229,10 @@ class Trainer:
             return
         seed = rank_seed(_recalibration_seed(self.cfg.seed, epoch), self.ranks.rank)
         order = draw_order(units, cfg.batch_size, self.cfg.norm_recalibration, seed)
-        inputs = (x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
-                  for x, _ in batches(dataset, order, cfg, seed, self.device))
-        # Autocast around the forward pass only: loader workers started inside an autocast block inherit it, and
-        # their spatial transforms then compute in bf16 (MONAI's RandAffined fails on it).
-        update_bn(inputs, _Autocast(net, self.device.type, self.amp))
+        inputs = (x for x, _ in batches(dataset, order, cfg, seed, self.device))
+        # Autocast around each forward pass only (``_forward``), not around the loop: loader workers started inside
+        # an autocast block inherit it, and their spatial transforms then compute in bf16 (RandAffined fails on it).
+        update_bn(inputs, _ForwardBy(net, self._forward))
 
     def replica(self, net: torch.nn.Module) -> torch.nn.Module:
         """``net`` as this rank trains it: with several ranks, its batch norms synchronised and wrapped in DDP
