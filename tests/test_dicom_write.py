@@ -213,6 +213,21 @@ def test_seg_beside_the_series_is_valid_and_aligned(tmp_path):
     assert_same_volume(Volume(label, image.affine), Volume(grouped.label, grouped.volume.affine))
 
 
+def test_a_case_encoded_twice_with_a_creation_time_gives_the_same_bytes():
+    """Two pods converting one case at once both upload: only identical bytes keep each manifest's checksums true."""
+    from datetime import datetime, timezone
+
+    from liverseg.stages.convert import encode_case
+
+    image = Volume(ramp(), affine_of(ORIENTATIONS["ras"], (0.9, 0.9, 2.0), (0, 0, 0)))
+    label = np.zeros(image.array.shape, np.uint8)
+    label[4:12, 5:15, 1:5] = 1
+    created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    first, second = (encode_case(image, Volume(label, image.affine), INFO, created=created) for _ in range(2))
+    assert first.seg == second.seg
+    assert files_of(first.series) == files_of(second.series)
+
+
 # -- NIfTI voxels that already are CT stored values: encoded from their bytes, without numpy ----------------
 def nifti_file(path, array, affine, *, dtype=np.int16, endianness="<", scaling=None):
     img = nib.Nifti1Image(array, affine, header=nib.Nifti1Header(endianness=endianness))

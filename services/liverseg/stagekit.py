@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,6 +63,11 @@ class Plan(BaseModel):
 
     def config(self) -> Profile:
         return profile_from_dict(self.profile)
+
+    def created(self) -> datetime | None:
+        """The creation time stages give the DICOM objects they make: the same for every pod, so a case written
+        twice at once is the same bytes twice."""
+        return datetime.fromisoformat(self.planned_at) if self.planned_at else None
 
     def split_of(self, case: str) -> str:
         return next(part for part, cases in self.split.items() if case in cases)

@@ -88,6 +88,11 @@ def label_to_seg(label: np.ndarray, source: Sequence[Dataset], uid_namespace: st
         stamp = created.astimezone(timezone.utc)
         seg.InstanceCreationDate = seg.ContentDate = stamp.strftime("%Y%m%d")
         seg.InstanceCreationTime = seg.ContentTime = stamp.strftime("%H%M%S.%f")
+        # highdicom stamps its own contribution with the clock: two pods converting one case at once must write
+        # the same bytes, or one's manifest names a checksum the other overwrote.
+        for item in getattr(seg, "ContributingEquipmentSequence", []):
+            if "ContributionDateTime" in item:
+                item.ContributionDateTime = stamp.strftime("%Y%m%d%H%M%S.%f")
     return seg
 
 

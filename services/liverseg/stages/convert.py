@@ -141,9 +141,9 @@ class ConvertStage:
                  for role, ref in inputs.items()}
         digests = {role: ref.sha256 or ref.etag for role, ref in inputs.items()}
         namespace = uid_namespace(ctx.run_id, case, digests["image"], digests.get("label"))
-        planned = datetime.fromisoformat(ctx.planned.planned_at) if ctx.planned.planned_at else None
         encoded = encode_case(local["image"], local.get("label"),
-                              dicom_write.SeriesInfo(patient_id=case, uid_namespace=namespace), created=planned,
+                              dicom_write.SeriesInfo(patient_id=case, uid_namespace=namespace),
+                              created=ctx.planned.created(),
                               names=(inputs["image"].key, inputs["label"].key if "label" in inputs else None))
         out = work / "out"
         encoded.write(out)

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,14 @@ def score(mask: np.ndarray, label: Volume, image: Volume) -> dict[str, float]:
 
 
 def segment_study(model: LoadedModel, model_sha256: str, study: Study, out: Path,
-                  label: Volume | None = None) -> dict[str, Any]:
+                  label: Volume | None = None, created: datetime | None = None) -> dict[str, Any]:
     """Segment ``study`` and write into ``out``: ``mask.nii.gz`` (uint8 on the study's own grid), the three
     overlays and, for a DICOM study, ``seg.dcm`` and ``rtstruct.dcm`` (a DICOM SEG and an RT Structure Set
     referencing its slices; their UIDs derive from the series, the model's content and the code version, so a
     re-run writes the same objects), or, for a series without UIDs, the reason there are none
-    (``imaging.derived``). With ``label`` the figures include Dice and HD95. Returns the figures, the files
-    written (relative names) and ``not_written`` (file -> reason)."""
+    (``imaging.derived``); with ``created`` (the stage gives the plan's time) their bytes are the same too, so two
+    pods on one case at once upload identical objects. With ``label`` the figures include Dice and HD95. Returns
+    the figures, the files written (relative names) and ``not_written`` (file -> reason)."""
     started = time.perf_counter()
     result = model.segment(study.image, label)
     seconds = time.perf_counter() - started
@@ -90,7 +92,7 @@ def segment_study(model: LoadedModel, model_sha256: str, study: Study, out: Path
 
         namespace = f"segment|{study.slices[0].series_uid}|{model_sha256}|{code_version()}"
         derived = write_derived(result.mask, [h.metadata() for h in study.slices], namespace, out,
-                                algorithm=f"liverseg {model_sha256[:12]}")
+                                algorithm=f"liverseg {model_sha256[:12]}", created=created)
         files += derived.written
         not_written = derived.skipped
     for view, png in overlay_pngs(study.image, result.mask).items():
@@ -201,7 +203,10 @@ class InferStage:
         label = None
         if "label" in inputs:
             label = nifti.load_fast(ctx.store.get_file(inputs["label"].key, work / "label.nii.gz"), kind="label")
-        done = segment_study(model, inputs["model"].sha256 or inputs["model"].etag, study, work / "out", label)
+        # Study mode has no plan to date the SEG and RTSTRUCT by: the clock does, as for the segment command.
+        created = ctx.plan.created() if ctx.plan is not None else None
+        done = segment_study(model, inputs["model"].sha256 or inputs["model"].etag, study, work / "out", label,
+                             created=created)
         ctx.metrics.infer_seconds.observe(done["figures"]["seconds"])
         details = {**done["figures"], "model": inputs["model"].key}
         if self.studies is not None and dicomweb.is_study_url(self.studies[case]):
