@@ -9,6 +9,7 @@ once per session (~1 s), and each test makes studies of its own.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -20,6 +21,17 @@ from liverseg.settings import StoreSettings
 from liverseg.store import ObjectStore
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def root_log_handlers():
+    """A command run in-process (``logs.configure``) points the root logger at that test's captured stderr, which
+    pytest closes after it: later tests would log into a closed file. Each test gets back the handlers it found."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
